@@ -1,0 +1,215 @@
+#include "model/gemma4_checkpoint.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "model/atomic_output.h"
+#include "model/checkpoint.h"
+#include "model/input_error.h"
+#include "model/linear.h"
+
+namespace gemma {
+namespace fs = std::filesystem;
+
+namespace {
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+// Module names ("model.layers.0...", "lm_head.weight") to checkpoint keys.
+std::string checkpoint_key(const std::string& module_name, const std::string& prefix) {
+  const std::string inner = "model.";
+  if (module_name.rfind(inner, 0) == 0) return prefix + module_name.substr(inner.size());
+  return module_name;
+}
+
+std::vector<std::pair<std::string, torch::Tensor>> state_of(Gemma4ForCausalLM& model) {
+  std::vector<std::pair<std::string, torch::Tensor>> out;
+  for (const auto& p : model->named_parameters()) out.emplace_back(p.key(), p.value());
+  for (const auto& b : model->named_buffers()) out.emplace_back(b.key(), b.value());
+  return out;
+}
+
+}  // namespace
+
+std::vector<Gemma4TensorInfo> gemma4_checkpoint_layout(const Gemma4Config& c) {
+  std::vector<Gemma4TensorInfo> out;
+  const int64_t H = c.hidden_size, L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
+  const auto add = [&](std::string name, std::vector<int64_t> shape, bool used = true) {
+    out.push_back({std::move(name), std::move(shape), used});
+  };
+  add("embed_tokens.weight", {c.vocab_size, H});
+  if (c.has_ple()) {
+    add("embed_tokens_per_layer.weight", {c.vocab_size_per_layer_input, L * P});
+    add("per_layer_model_projection.weight", {L * P, H});
+    add("per_layer_projection_norm.weight", {P});
+  }
+  for (int64_t i = 0; i < L; ++i) {
+    const Gemma4LayerSpec& s = c.layers[i];
+    const std::string l = "layers." + std::to_string(i) + ".";
+    const int64_t q = c.num_attention_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
+    for (const char* n : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                          "post_feedforward_layernorm"}) {
+      add(l + n + ".weight", {H});
+    }
+    add(l + "layer_scalar", {1});
+    add(l + "self_attn.q_proj.weight", {q, H});
+    add(l + "self_attn.q_norm.weight", {s.head_dim});
+    add(l + "self_attn.k_proj.weight", {kv, H}, !s.kv_shared);
+    add(l + "self_attn.k_norm.weight", {s.head_dim}, !s.kv_shared);
+    if (s.has_v_proj) add(l + "self_attn.v_proj.weight", {kv, H}, !s.kv_shared);
+    add(l + "self_attn.o_proj.weight", {H, q});
+    add(l + "mlp.gate_proj.weight", {s.intermediate_size, H});
+    add(l + "mlp.up_proj.weight", {s.intermediate_size, H});
+    add(l + "mlp.down_proj.weight", {H, s.intermediate_size});
+    if (c.has_ple()) {
+      add(l + "per_layer_input_gate.weight", {P, H});
+      add(l + "per_layer_projection.weight", {H, P});
+      add(l + "post_per_layer_input_norm.weight", {H});
+    }
+    if (c.enable_moe_block) {
+      const int64_t E = c.num_experts, I = c.moe_intermediate_size;
+      add(l + "router.proj.weight", {E, H});
+      add(l + "router.scale", {H});
+      add(l + "router.per_expert_scale", {E});
+      add(l + "experts.gate_up_proj", {E, 2 * I, H});
+      add(l + "experts.down_proj", {E, H, I});
+      for (const char* n : {"pre_feedforward_layernorm_2", "post_feedforward_layernorm_1",
+                            "post_feedforward_layernorm_2"}) {
+        add(l + n + ".weight", {H});
+      }
+    }
+  }
+  add("norm.weight", {H});
+  return out;
+}
+
+std::string detect_gemma4_prefix(const CheckpointReader& reader, const fs::path& dir) {
+  for (const char* prefix : {kMultimodalPrefix, kTextOnlyPrefix}) {
+    if (reader.contains(std::string(prefix) + "embed_tokens.weight")) return prefix;
+  }
+  throw InputError(dir.string() + ": no \"" + kMultimodalPrefix + "embed_tokens.weight\" or \"" +
+                   kTextOnlyPrefix + "embed_tokens.weight\": not a Gemma 4 text checkpoint");
+}
+
+LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) {
+  LoadedGemma4 out;
+  out.config = load_gemma4_config((dir / "config.json").string());
+  const CheckpointReader reader(dir);
+
+  Gemma4LoadReport& report = out.report;
+  report.prefix = detect_gemma4_prefix(reader, dir);
+  report.lm_head_from_file = reader.contains("lm_head.weight");
+
+  {
+    DefaultDtypeGuard dtype_guard(options.dtype);
+    out.model = Gemma4ForCausalLM(out.config, report.lm_head_from_file);
+  }
+  torch::NoGradGuard no_grad;
+  std::set<std::string> used;
+  for (auto& [name, tensor] : state_of(out.model)) {
+    const std::string key = checkpoint_key(name, report.prefix);
+    const std::vector<int64_t> expected = tensor.sizes().vec();
+    if (!reader.contains(key)) {
+      throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
+                       shape_text(expected) + ")");
+    }
+    const SafetensorsEntry& e = reader.entry(key);
+    if (e.shape != expected) {
+      throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " + shape_text(e.shape) +
+                       ", expected " + shape_text(expected));
+    }
+    if (!c10::isFloatingType(e.dtype)) {
+      throw InputError(dir.string() + ": tensor \"" + key + "\" has dtype " +
+                       safetensors_dtype_name(e.dtype) + ", expected a floating-point dtype");
+    }
+    tensor.copy_(reader.view(key));
+    reader.release(key);
+    used.insert(key);
+  }
+  for (const std::string& key : reader.keys()) {
+    (used.count(key) ? report.used : report.ignored).push_back(key);
+  }
+  out.model->place_on(options.device);
+  return out;
+}
+
+void randomize_gemma4(Gemma4ForCausalLM& model, uint64_t seed) {
+  torch::NoGradGuard no_grad;
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+  const double std = model->config().initializer_range;
+  for (auto& [name, tensor] : state_of(model)) {
+    // Drawn in float32 on the host so a seed gives the same model in every dtype.
+    torch::Tensor r = torch::empty(tensor.sizes(), torch::kFloat32);
+    if (tensor.dim() >= 2) {
+      r.normal_(0.0, std, gen);
+    } else {
+      r.normal_(1.0, 0.1, gen);
+    }
+    tensor.copy_(r);
+  }
+}
+
+void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir, const Gemma4SaveOptions& options) {
+  const Gemma4Config& config = model->config();
+  const std::string prefix = options.text_only ? kTextOnlyPrefix : kMultimodalPrefix;
+  std::map<std::string, torch::Tensor> state;
+  for (auto& [name, tensor] : state_of(model)) state[checkpoint_key(name, prefix)] = tensor;
+
+  std::vector<CheckpointTensor> tensors;
+  uint64_t unused_index = 0;
+  for (const Gemma4TensorInfo& info : gemma4_checkpoint_layout(config)) {
+    const std::string key = prefix + info.name;
+    CheckpointTensor t{key, info.shape, options.dtype, {}};
+    if (info.used) {
+      const torch::Tensor& value = state.at(key);
+      TORCH_CHECK(value.sizes().vec() == info.shape, "save_gemma4: ", key, " shape differs from the layout");
+      t.make = [value, dtype = options.dtype] { return value.detach().to(torch::kCPU, dtype); };
+    } else {
+      // Released checkpoints carry K/V weights for KV-shared layers that nothing reads; write
+      // random ones so the file has the released layout (§2.5, §3.2).
+      const uint64_t seed = options.seed_for_unused * 1000003ull + unused_index++;
+      const double std = config.initializer_range;
+      t.make = [shape = info.shape, seed, std, dtype = options.dtype] {
+        auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+        torch::Tensor r = torch::empty(shape, torch::kFloat32);
+        if (shape.size() >= 2) {
+          r.normal_(0.0, std, gen);
+        } else {
+          r.normal_(1.0, 0.1, gen);
+        }
+        return r.to(dtype);
+      };
+    }
+    tensors.push_back(std::move(t));
+  }
+  if (model->lm_head) {
+    torch::Tensor w = model->lm_head->weight;
+    tensors.push_back({"lm_head.weight", w.sizes().vec(), options.dtype,
+                       [w, dtype = options.dtype] { return w.detach().to(torch::kCPU, dtype); }});
+  }
+
+  const std::string dtype_name = options.dtype == torch::kBFloat16 ? "bfloat16"
+                                 : options.dtype == torch::kFloat16 ? "float16"
+                                                                    : "float32";
+  nlohmann::json generation = {{"bos_token_id", config.bos_token_id},
+                               {"pad_token_id", config.pad_token_id},
+                               // <eos>, <turn|>, <|tool_response>: the stop set of §4.1.
+                               {"eos_token_id", nlohmann::json::array()}};
+  for (int64_t id : {1, 106, 50}) {
+    if (id < config.vocab_size) generation["eos_token_id"].push_back(id);
+  }
+  write_folder_atomically(out_dir, [&](const fs::path& tmp) {
+    write_checkpoint(tmp, tensors, options.shard_bytes);
+    write_file_atomically(tmp / "config.json", gemma4_config_to_json(config, options.text_only, dtype_name));
+    write_file_atomically(tmp / "generation_config.json", generation.dump(2) + "\n");
+  });
+}
+
+}  // namespace gemma

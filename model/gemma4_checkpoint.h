@@ -1,0 +1,73 @@
+// Gemma 4 checkpoints in the Hugging Face layout (gemma4-architecture.md §3): the table of keys
+// and shapes a config implies, streaming a checkpoint folder into a Gemma4ForCausalLM (either
+// key prefix, sharded or not, tensor by tensor in the target dtype), and writing one.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "model/gemma4_config.h"
+#include "model/gemma4_model.h"
+
+namespace gemma {
+
+constexpr const char* kMultimodalPrefix = "model.language_model.";  // Gemma4ForConditionalGeneration
+constexpr const char* kTextOnlyPrefix = "model.";                   // Gemma4ForCausalLM
+
+// One decoder tensor of the checkpoint table; `name` is relative to the prefix.
+struct Gemma4TensorInfo {
+  std::string name;
+  std::vector<int64_t> shape;
+  bool used = true;  // false: K/V weights of KV-shared layers, present in files but never read
+};
+
+// Every text-decoder tensor a released checkpoint of `config` holds (lm_head excluded: tied).
+std::vector<Gemma4TensorInfo> gemma4_checkpoint_layout(const Gemma4Config& config);
+
+class CheckpointReader;
+// The decoder's key prefix in `reader` (multimodal or text-only form); InputError naming `dir`
+// when neither is there.
+std::string detect_gemma4_prefix(const CheckpointReader& reader, const std::filesystem::path& dir);
+
+struct Gemma4LoadOptions {
+  torch::ScalarType dtype = torch::kFloat32;
+  torch::Device device = torch::kCPU;
+};
+
+struct Gemma4LoadReport {
+  std::string prefix;                // the key prefix found in the files
+  bool lm_head_from_file = false;    // else tied to embed_tokens
+  std::vector<std::string> used;     // keys read
+  std::vector<std::string> ignored;  // keys present but not part of the text decoder we run
+};
+
+struct LoadedGemma4 {
+  Gemma4Config config;
+  Gemma4ForCausalLM model{nullptr};
+  Gemma4LoadReport report;
+};
+
+// Loads `dir` (config.json + safetensors). Throws InputError naming the key and the expected and
+// found shapes for a missing or mis-shaped tensor.
+LoadedGemma4 load_gemma4(const std::filesystem::path& dir, const Gemma4LoadOptions& options = {});
+
+struct Gemma4SaveOptions {
+  bool text_only = false;                // `model.` prefix and a Gemma4ForCausalLM config
+  torch::ScalarType dtype = torch::kBFloat16;
+  uint64_t shard_bytes = 5'000'000'000;  // as transformers' default max_shard_size "5GB"
+  uint64_t seed_for_unused = 0;          // values for the unused K/V tensors of shared layers
+};
+
+// Writes `model` as a new checkpoint folder `out_dir` (atomically: it must not exist yet), with
+// config.json and generation_config.json.
+void save_gemma4(Gemma4ForCausalLM& model, const std::filesystem::path& out_dir,
+                 const Gemma4SaveOptions& options);
+
+// Fills every parameter and buffer with random values from `seed`: matrices ~ N(0, config
+// initializer_range), vectors (norm weights, scales, layer_scalar) ~ 1 + N(0, 0.1). Never zeros.
+void randomize_gemma4(Gemma4ForCausalLM& model, uint64_t seed);
+
+}  // namespace gemma

@@ -1,0 +1,18 @@
+#include "model/rms_norm.h"
+
+namespace gemma {
+
+RmsNormImpl::RmsNormImpl(const RmsNormOptions& options_) : options(options_) {
+  if (options.with_scale()) weight = register_parameter("weight", torch::ones({options.dim()}));
+}
+
+torch::Tensor RmsNormImpl::forward(const torch::Tensor& x) {
+  // float32 for bf16/f16/f32 inputs; f64 stays f64 (the finite-difference tests run in f64).
+  const torch::Tensor xf = x.scalar_type() == torch::kFloat64 ? x : x.to(torch::kFloat32);
+  // pow(-0.5) rather than rsqrt, as transformers does to mirror the JAX reference's numerics.
+  torch::Tensor y = xf * torch::pow(xf.pow(2).mean(-1, /*keepdim=*/true) + options.eps(), -0.5);
+  if (options.with_scale()) y = y * weight.to(y.scalar_type());
+  return y.to(x.scalar_type());
+}
+
+}  // namespace gemma
