@@ -1,0 +1,36 @@
+"""Shared fixtures for the reference tests: they run the gemma-train binary and compare it with
+the Python stack from PyPI (transformers) on small random models."""
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def gemma_train():
+    path = os.environ.get("GEMMA_TRAIN", str(REPO / "build" / "gemma-train"))
+    if not os.path.exists(path):
+        pytest.fail(f"gemma-train binary not found at {path}; build first (scripts/setup.sh)")
+    return path
+
+
+def run(binary, *args, check=True):
+    proc = subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gemma-train {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc
+
+
+def our_logits(binary, model_dir, ids, tmp_path, dtype="f32"):
+    out = tmp_path / f"logits-{os.getpid()}-{len(ids)}.bin"
+    run(binary, "logits", "--model", model_dir, "--ids", ",".join(map(str, ids)), "--out", out, "--dtype", dtype)
+    data = np.fromfile(out, dtype="<f4")
+    return data.reshape(len(ids), -1)
+
+
+def relative_error(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())

@@ -1,0 +1,132 @@
+"""The gemma-train CLI on bad input: one line on stderr naming the problem, a non-zero exit, never a
+crash (signal) or a hang; and the loader's peak memory."""
+import json
+import resource
+import shutil
+import struct
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import run
+
+
+@pytest.fixture(scope="module")
+def tiny(gemma_train, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    run(gemma_train, "init", "--config", "tiny-31b", "--out", out, "--dtype", "f32", "--text-only")
+    return out
+
+
+def expect_error(gemma_train, args, needle):
+    proc = subprocess.run([gemma_train, *map(str, args)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode > 0, f"exit {proc.returncode} (negative = killed by a signal): {proc.stderr}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def copy_with_weights(tiny, tmp_path, new_bytes):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    (bad / "model.safetensors").write_bytes(new_bytes)
+    return bad
+
+
+def logits_args(model, tmp_path):
+    return ["logits", "--model", model, "--ids", "1,2,3", "--out", tmp_path / "out.bin"]
+
+
+def test_truncated_safetensors(gemma_train, tiny, tmp_path):
+    data = (tiny / "model.safetensors").read_bytes()
+    bad = copy_with_weights(tiny, tmp_path, data[: len(data) // 2])
+    expect_error(gemma_train, logits_args(bad, tmp_path), "out of range")
+    assert not (tmp_path / "out.bin").exists()
+
+
+def test_bad_header_length(gemma_train, tiny, tmp_path):
+    data = (tiny / "model.safetensors").read_bytes()
+    bad = copy_with_weights(tiny, tmp_path, struct.pack("<Q", 1 << 50) + data[8:])
+    expect_error(gemma_train, logits_args(bad, tmp_path), "bad header length")
+
+
+def rewrite_header(data, edit):
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    edit(header)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    # keep the data section where it was relative to the header start by re-basing the offsets
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
+def test_overlapping_offsets(gemma_train, tiny, tmp_path):
+    def edit(h):
+        names = [k for k in h if k != "__metadata__"]
+        a, b = names[0], names[1]
+        size_b = h[b]["data_offsets"][1] - h[b]["data_offsets"][0]
+        h[b]["data_offsets"] = [h[a]["data_offsets"][0], h[a]["data_offsets"][0] + size_b]
+    bad = copy_with_weights(tiny, tmp_path, rewrite_header((tiny / "model.safetensors").read_bytes(), edit))
+    expect_error(gemma_train, logits_args(bad, tmp_path), "overlapping")
+
+
+def test_dtype_shape_size_mismatch(gemma_train, tiny, tmp_path):
+    def edit(h):
+        name = next(k for k in h if k.endswith("norm.weight"))
+        h[name]["shape"] = [h[name]["shape"][0] + 1]
+    bad = copy_with_weights(tiny, tmp_path, rewrite_header((tiny / "model.safetensors").read_bytes(), edit))
+    expect_error(gemma_train, logits_args(bad, tmp_path), "but data_offsets span")
+
+
+def test_config_missing_required_field(gemma_train, tiny, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny, bad)
+    config = json.loads((bad / "config.json").read_text())
+    del config["num_attention_heads"]
+    (bad / "config.json").write_text(json.dumps(config))
+    line = expect_error(gemma_train, logits_args(bad, tmp_path), "\"num_attention_heads\" is missing")
+    assert "config.json" in line
+
+
+def test_bad_flags_and_ids(gemma_train, tiny, tmp_path):
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,x", "--out", tmp_path / "o"], "--ids")
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,99999", "--out", tmp_path / "o"],
+                 "outside the vocabulary")
+    expect_error(gemma_train, ["logits", "--model", tiny, "--idz", "1"], "unknown flag --idz")
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1", "--out", tmp_path / "o", "--dtype", "f8"],
+                 "--dtype expects f32|bf16")
+    expect_error(gemma_train, ["init", "--config", "nope", "--out", tmp_path / "x"], "not a bundled config")
+    expect_error(gemma_train, ["init", "--config", "tiny-31b", "--out", tiny], "already exists")
+    expect_error(gemma_train, ["info", "--model", tmp_path / "missing"], "config.json")
+
+
+def test_info_reports_counts(gemma_train, tmp_path):
+    out = tmp_path / "e2b"
+    run(gemma_train, "init", "--config", "tiny-e2b", "--out", out, "--dtype", "f32")
+    text = run(gemma_train, "info", "--model", out).stdout
+    assert "PLE 49152" in text and "embeddings 32768" in text, text
+    assert "6 ignored" in text and "KV-shared" in text, text
+
+
+def child_peak_rss_kb(args):
+    """Peak RSS of one child run, from wait4's rusage."""
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _, status, usage = __import__("os").wait4(proc.pid, 0)
+    assert status == 0, args
+    return usage.ru_maxrss
+
+
+def test_loading_peak_memory_stays_near_model_size(gemma_train, tmp_path):
+    """Streaming load: peak RSS while loading a ~130 MB f32 checkpoint stays below baseline + 1.5x
+    the model (a load that held file and model at once, or built the model twice, would need 2x)."""
+    out = tmp_path / "bench"
+    run(gemma_train, "init", "--config", "bench-100m", "--out", out, "--dtype", "f32")
+    model_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
+    baseline = child_peak_rss_kb([gemma_train, "info", "--model", str(out)]) * 1024
+    peak = child_peak_rss_kb([gemma_train, "logits", "--model", str(out), "--ids", "1,2,3,4",
+                              "--out", str(tmp_path / "o.bin"), "--threads", "1"]) * 1024
+    growth = peak - baseline
+    print(f"model {model_bytes / 1e6:.0f} MB, baseline {baseline / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB")
+    assert growth < 1.5 * model_bytes, f"load grew RSS by {growth / 1e6:.0f} MB for a {model_bytes / 1e6:.0f} MB model"
