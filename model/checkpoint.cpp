@@ -33,7 +33,8 @@ CheckpointReader::CheckpointReader(const fs::path& dir) {
     }
     std::map<std::string, size_t> shard_index;
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
-      if (!it->is_string()) throw InputError(where + ": weight_map[\"" + it.key() + "\"] is not a file name");
+      if (!it->is_string())
+        throw InputError(where + ": weight_map[\"" + it.key() + "\"] is not a file name");
       const std::string name = it->get<std::string>();
       // Shards live beside the index: a path that leaves the folder is refused.
       if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
@@ -43,7 +44,8 @@ CheckpointReader::CheckpointReader(const fs::path& dir) {
       auto found = shard_index.find(name);
       if (found == shard_index.end()) {
         if (!fs::exists(dir / name)) {
-          throw InputError(where + ": shard \"" + name + "\" (for \"" + it.key() + "\") does not exist");
+          throw InputError(where + ": shard \"" + name + "\" (for \"" + it.key() +
+                           "\") does not exist");
         }
         files_.push_back(std::make_unique<SafetensorsFile>(dir / name));
         found = shard_index.emplace(name, files_.size() - 1).first;
@@ -58,8 +60,8 @@ CheckpointReader::CheckpointReader(const fs::path& dir) {
     files_.push_back(std::make_unique<SafetensorsFile>(single_path));
     for (const std::string& key : files_[0]->names()) file_of_[key] = 0;
   } else {
-    throw InputError(dir.string() + ": no " + kSingleCheckpointFile + " or " + kCheckpointIndexFile +
-                     " (not a Hugging Face checkpoint folder)");
+    throw InputError(dir.string() + ": no " + kSingleCheckpointFile + " or " +
+                     kCheckpointIndexFile + " (not a Hugging Face checkpoint folder)");
   }
 }
 
@@ -75,11 +77,14 @@ const SafetensorsFile& CheckpointReader::file(const std::string& key) const {
   return *files_[it->second];
 }
 
-const SafetensorsEntry& CheckpointReader::entry(const std::string& key) const { return file(key).entry(key); }
+const SafetensorsEntry& CheckpointReader::entry(const std::string& key) const {
+  return file(key).entry(key);
+}
 torch::Tensor CheckpointReader::view(const std::string& key) const { return file(key).view(key); }
 void CheckpointReader::release(const std::string& key) const { file(key).release(key); }
 
-std::vector<std::string> write_checkpoint(const fs::path& dir, const std::vector<CheckpointTensor>& tensors,
+std::vector<std::string> write_checkpoint(const fs::path& dir,
+                                          const std::vector<CheckpointTensor>& tensors,
                                           uint64_t shard_bytes) {
   // Plan the shards first: the file names carry the shard count.
   std::vector<std::vector<size_t>> shards(1);

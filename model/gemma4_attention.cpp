@@ -9,7 +9,9 @@ namespace {
 torch::Tensor repeat_kv(const torch::Tensor& x, int64_t groups) {
   if (groups == 1) return x;
   const auto s = x.sizes();
-  return x.unsqueeze(2).expand({s[0], s[1], groups, s[2], s[3]}).reshape({s[0], s[1] * groups, s[2], s[3]});
+  return x.unsqueeze(2)
+      .expand({s[0], s[1], groups, s[2], s[3]})
+      .reshape({s[0], s[1] * groups, s[2], s[3]});
 }
 
 }  // namespace
@@ -35,7 +37,8 @@ Gemma4AttentionImpl::Gemma4AttentionImpl(const Gemma4AttentionOptions& options)
   if (!s.kv_shared) {
     k_proj = register_module("k_proj", Linear(H, s.num_kv_heads * s.head_dim));
     if (s.has_v_proj) v_proj = register_module("v_proj", Linear(H, s.num_kv_heads * s.head_dim));
-    k_norm = register_module("k_norm", RmsNorm(RmsNormOptions(s.head_dim).eps(options.rms_norm_eps)));
+    k_norm =
+        register_module("k_norm", RmsNorm(RmsNormOptions(s.head_dim).eps(options.rms_norm_eps)));
     v_norm = register_module(
         "v_norm", RmsNorm(RmsNormOptions(s.head_dim).eps(options.rms_norm_eps).with_scale(false)));
   }

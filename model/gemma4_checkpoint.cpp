@@ -29,6 +29,8 @@ std::string checkpoint_key(const std::string& module_name, const std::string& pr
   return module_name;
 }
 
+constexpr const char* kPleTableName = "model.embed_tokens_per_layer.weight";
+
 std::vector<std::pair<std::string, torch::Tensor>> state_of(Gemma4ForCausalLM& model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
   for (const auto& p : model->named_parameters()) out.emplace_back(p.key(), p.value());
@@ -54,8 +56,8 @@ std::vector<Gemma4TensorInfo> gemma4_checkpoint_layout(const Gemma4Config& c) {
     const Gemma4LayerSpec& s = c.layers[i];
     const std::string l = "layers." + std::to_string(i) + ".";
     const int64_t q = c.num_attention_heads * s.head_dim, kv = s.num_kv_heads * s.head_dim;
-    for (const char* n : {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                          "post_feedforward_layernorm"}) {
+    for (const char* n : {"input_layernorm", "post_attention_layernorm",
+                          "pre_feedforward_layernorm", "post_feedforward_layernorm"}) {
       add(l + n + ".weight", {H});
     }
     add(l + "layer_scalar", {1});
@@ -129,8 +131,15 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
       throw InputError(dir.string() + ": tensor \"" + key + "\" has dtype " +
                        safetensors_dtype_name(e.dtype) + ", expected a floating-point dtype");
     }
-    tensor.copy_(reader.view(key));
-    reader.release(key);
+    if (name == kPleTableName && e.dtype == options.dtype) {
+      // §2.2: the PLE table is a frozen lookup of several GB; in the file's dtype it is used
+      // straight from the read-only mapping, and only the rows a batch needs are ever read.
+      tensor.set_data(reader.view(key));
+      tensor.set_requires_grad(false);
+    } else {
+      tensor.copy_(reader.view(key));
+      reader.release(key);
+    }
     used.insert(key);
   }
   for (const std::string& key : reader.keys()) {
@@ -156,7 +165,8 @@ void randomize_gemma4(Gemma4ForCausalLM& model, uint64_t seed) {
   }
 }
 
-void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir, const Gemma4SaveOptions& options) {
+void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir,
+                 const Gemma4SaveOptions& options) {
   const Gemma4Config& config = model->config();
   const std::string prefix = options.text_only ? kTextOnlyPrefix : kMultimodalPrefix;
   std::map<std::string, torch::Tensor> state;
@@ -169,7 +179,8 @@ void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir, const Gemma4
     CheckpointTensor t{key, info.shape, options.dtype, {}};
     if (info.used) {
       const torch::Tensor& value = state.at(key);
-      TORCH_CHECK(value.sizes().vec() == info.shape, "save_gemma4: ", key, " shape differs from the layout");
+      TORCH_CHECK(value.sizes().vec() == info.shape, "save_gemma4: ", key,
+                  " shape differs from the layout");
       t.make = [value, dtype = options.dtype] { return value.detach().to(torch::kCPU, dtype); };
     } else {
       // Released checkpoints carry K/V weights for KV-shared layers that nothing reads; write
@@ -195,7 +206,7 @@ void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir, const Gemma4
                        [w, dtype = options.dtype] { return w.detach().to(torch::kCPU, dtype); }});
   }
 
-  const std::string dtype_name = options.dtype == torch::kBFloat16 ? "bfloat16"
+  const std::string dtype_name = options.dtype == torch::kBFloat16  ? "bfloat16"
                                  : options.dtype == torch::kFloat16 ? "float16"
                                                                     : "float32";
   nlohmann::json generation = {{"bos_token_id", config.bos_token_id},
@@ -207,7 +218,8 @@ void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir, const Gemma4
   }
   write_folder_atomically(out_dir, [&](const fs::path& tmp) {
     write_checkpoint(tmp, tensors, options.shard_bytes);
-    write_file_atomically(tmp / "config.json", gemma4_config_to_json(config, options.text_only, dtype_name));
+    write_file_atomically(tmp / "config.json",
+                          gemma4_config_to_json(config, options.text_only, dtype_name));
     write_file_atomically(tmp / "generation_config.json", generation.dump(2) + "\n");
   });
 }

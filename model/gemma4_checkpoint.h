@@ -14,8 +14,9 @@
 
 namespace gemma {
 
-constexpr const char* kMultimodalPrefix = "model.language_model.";  // Gemma4ForConditionalGeneration
-constexpr const char* kTextOnlyPrefix = "model.";                   // Gemma4ForCausalLM
+constexpr const char* kMultimodalPrefix =
+    "model.language_model.";                       // Gemma4ForConditionalGeneration
+constexpr const char* kTextOnlyPrefix = "model.";  // Gemma4ForCausalLM
 
 // One decoder tensor of the checkpoint table; `name` is relative to the prefix.
 struct Gemma4TensorInfo {
@@ -50,12 +51,14 @@ struct LoadedGemma4 {
   Gemma4LoadReport report;
 };
 
-// Loads `dir` (config.json + safetensors). Throws InputError naming the key and the expected and
-// found shapes for a missing or mis-shaped tensor.
+// Loads `dir` (config.json + safetensors), tensor by tensor into a model built in the target
+// dtype. The PLE table, when the file already has the target dtype, stays in the read-only file
+// mapping (frozen). Throws InputError naming the key and the expected and found shapes for a
+// missing or mis-shaped tensor.
 LoadedGemma4 load_gemma4(const std::filesystem::path& dir, const Gemma4LoadOptions& options = {});
 
 struct Gemma4SaveOptions {
-  bool text_only = false;                // `model.` prefix and a Gemma4ForCausalLM config
+  bool text_only = false;  // `model.` prefix and a Gemma4ForCausalLM config
   torch::ScalarType dtype = torch::kBFloat16;
   uint64_t shard_bytes = 5'000'000'000;  // as transformers' default max_shard_size "5GB"
   uint64_t seed_for_unused = 0;          // values for the unused K/V tensors of shared layers

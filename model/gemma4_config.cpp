@@ -34,7 +34,8 @@ class FieldReader {
   }
   void optional_double(const char* key, double& out) const {
     if (!has(key)) return;
-    if (!object_[key].is_number()) throw InputError(at(key) + ": expected a number, found " + object_[key].dump());
+    if (!object_[key].is_number())
+      throw InputError(at(key) + ": expected a number, found " + object_[key].dump());
     out = object_[key].get<double>();
   }
   void optional_double(const char* key, std::optional<double>& out) const {
@@ -45,19 +46,22 @@ class FieldReader {
   }
   void optional_bool(const char* key, bool& out) const {
     if (!has(key)) return;
-    if (!object_[key].is_boolean()) throw InputError(at(key) + ": expected true or false, found " + object_[key].dump());
+    if (!object_[key].is_boolean())
+      throw InputError(at(key) + ": expected true or false, found " + object_[key].dump());
     out = object_[key].get<bool>();
   }
   void optional_string(const char* key, std::string& out) const {
     if (!has(key)) return;
-    if (!object_[key].is_string()) throw InputError(at(key) + ": expected a string, found " + object_[key].dump());
+    if (!object_[key].is_string())
+      throw InputError(at(key) + ": expected a string, found " + object_[key].dump());
     out = object_[key].get<std::string>();
   }
 
  private:
   int64_t int_value(const char* key) const {
     const json& v = object_[key];
-    if (!v.is_number_integer()) throw InputError(at(key) + ": expected an integer, found " + v.dump());
+    if (!v.is_number_integer())
+      throw InputError(at(key) + ": expected an integer, found " + v.dump());
     return v.get<int64_t>();
   }
 
@@ -113,14 +117,16 @@ void Gemma4Config::finalize(const std::string& where) {
   require_positive(intermediate_size, where, "intermediate_size");
   require_positive(vocab_size, where, "vocab_size");
   require_positive(sliding_window, where, "sliding_window");
-  if (hidden_size_per_layer_input < 0) throw InputError(where + ": hidden_size_per_layer_input must be >= 0");
+  if (hidden_size_per_layer_input < 0)
+    throw InputError(where + ": hidden_size_per_layer_input must be >= 0");
   if (has_ple()) require_positive(vocab_size_per_layer_input, where, "vocab_size_per_layer_input");
   if (hidden_activation != "gelu_pytorch_tanh" && hidden_activation != "gelu") {
     throw InputError(where + ": hidden_activation \"" + hidden_activation +
                      "\" is not supported (expected \"gelu_pytorch_tanh\" or \"gelu\")");
   }
   if (use_bidirectional_attention && *use_bidirectional_attention == "all") {
-    throw InputError(where + ": use_bidirectional_attention \"all\" (an encoder) is not supported; "
+    throw InputError(where +
+                     ": use_bidirectional_attention \"all\" (an encoder) is not supported; "
                      "the text decoder is causal");
   }
   const auto L = static_cast<size_t>(num_hidden_layers);
@@ -143,7 +149,8 @@ void Gemma4Config::finalize(const std::string& where) {
     require_positive(num_experts, where, "num_experts");
     require_positive(top_k_experts, where, "top_k_experts");
     require_positive(moe_intermediate_size, where, "moe_intermediate_size");
-    if (top_k_experts > num_experts) throw InputError(where + ": top_k_experts exceeds num_experts");
+    if (top_k_experts > num_experts)
+      throw InputError(where + ": top_k_experts exceeds num_experts");
   }
 
   const int first_shared = static_cast<int>(first_kv_shared_layer());
@@ -154,14 +161,17 @@ void Gemma4Config::finalize(const std::string& where) {
     const bool full = s.type == LayerType::kFull;
     s.head_dim = full ? global_head_dim : head_dim;
     s.num_kv_heads = num_key_value_heads;
-    if (full && attention_k_eq_v && num_global_key_value_heads) s.num_kv_heads = *num_global_key_value_heads;
+    if (full && attention_k_eq_v && num_global_key_value_heads)
+      s.num_kv_heads = *num_global_key_value_heads;
     if (head_dim_override[i]) s.head_dim = *head_dim_override[i];
     if (kv_heads_override[i]) s.num_kv_heads = *kv_heads_override[i];
     const std::string layer = where + ": layer " + std::to_string(i);
-    if (s.head_dim <= 0 || s.head_dim % 2 != 0) throw InputError(layer + ": head_dim must be even and positive");
+    if (s.head_dim <= 0 || s.head_dim % 2 != 0)
+      throw InputError(layer + ": head_dim must be even and positive");
     if (s.num_kv_heads <= 0 || num_attention_heads % s.num_kv_heads != 0) {
       throw InputError(layer + ": num_attention_heads (" + std::to_string(num_attention_heads) +
-                       ") is not a multiple of its KV heads (" + std::to_string(s.num_kv_heads) + ")");
+                       ") is not a multiple of its KV heads (" + std::to_string(s.num_kv_heads) +
+                       ")");
     }
     s.has_v_proj = !(full && attention_k_eq_v);
     s.kv_shared = static_cast<int>(i) >= first_shared;
@@ -209,7 +219,8 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
   std::string at = where;
   const json* text = &root;
   if (root.contains("text_config")) {
-    if (!root["text_config"].is_object()) throw InputError(where + ": key \"text_config\" is not an object");
+    if (!root["text_config"].is_object())
+      throw InputError(where + ": key \"text_config\" is not an object");
     text = &root["text_config"];
     at = where + " text_config";
   }
@@ -236,7 +247,8 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
     c.eos_token_ids.clear();
     if (e.is_number_integer()) {
       c.eos_token_ids.push_back(e.get<int64_t>());
-    } else if (e.is_array() && std::all_of(e.begin(), e.end(), [](const json& x) { return x.is_number_integer(); })) {
+    } else if (e.is_array() && std::all_of(e.begin(), e.end(),
+                                           [](const json& x) { return x.is_number_integer(); })) {
       for (const json& x : e) c.eos_token_ids.push_back(x.get<int64_t>());
     } else {
       throw InputError(r.at("eos_token_id") + ": expected an integer or a list of integers");
@@ -248,7 +260,9 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
   if (r.has("attention_bias")) {
     bool bias = false;
     r.optional_bool("attention_bias", bias);
-    if (bias) throw InputError(r.at("attention_bias") + ": true is not supported (no Gemma 4 model uses it)");
+    if (bias)
+      throw InputError(r.at("attention_bias") +
+                       ": true is not supported (no Gemma 4 model uses it)");
   }
   r.optional_int("sliding_window", c.sliding_window);
   r.optional_double("final_logit_softcapping", c.final_logit_softcapping);
@@ -284,10 +298,12 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
     const json& rp = (*text)["rope_parameters"];
     if (!rp.is_object()) throw InputError(r.at("rope_parameters") + ": expected an object");
     if (rp.contains("sliding_attention")) {
-      c.rope_sliding = parse_rope(rp["sliding_attention"], r.at("rope_parameters") + ".sliding_attention", c.rope_sliding);
+      c.rope_sliding = parse_rope(rp["sliding_attention"],
+                                  r.at("rope_parameters") + ".sliding_attention", c.rope_sliding);
     }
     if (rp.contains("full_attention")) {
-      c.rope_full = parse_rope(rp["full_attention"], r.at("rope_parameters") + ".full_attention", c.rope_full);
+      c.rope_full = parse_rope(rp["full_attention"], r.at("rope_parameters") + ".full_attention",
+                               c.rope_full);
     }
   }
   if (r.has("per_layer_config")) {
@@ -349,7 +365,8 @@ std::string gemma4_config_to_json(const Gemma4Config& c, bool text_only, const s
   t["initializer_range"] = c.initializer_range;
   t["pad_token_id"] = c.pad_token_id;
   t["bos_token_id"] = c.bos_token_id;
-  t["eos_token_id"] = c.eos_token_ids.size() == 1 ? json(c.eos_token_ids[0]) : json(c.eos_token_ids);
+  t["eos_token_id"] =
+      c.eos_token_ids.size() == 1 ? json(c.eos_token_ids[0]) : json(c.eos_token_ids);
   t["attention_bias"] = false;
   t["attention_dropout"] = 0.0;
   t["sliding_window"] = c.sliding_window;

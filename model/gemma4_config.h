@@ -26,10 +26,10 @@ struct Gemma4LayerSpec {
   LayerType type = LayerType::kSliding;
   int64_t head_dim = 0;
   int64_t num_kv_heads = 0;
-  bool has_v_proj = true;   // false on full layers when attention_k_eq_v
-  bool kv_shared = false;   // reads K/V of `kv_source` instead of projecting its own
-  int kv_source = -1;       // for shared layers: the last non-shared layer of the same type
-  bool stores_kv = false;   // a non-shared layer whose K/V some shared layer reads
+  bool has_v_proj = true;  // false on full layers when attention_k_eq_v
+  bool kv_shared = false;  // reads K/V of `kv_source` instead of projecting its own
+  int kv_source = -1;      // for shared layers: the last non-shared layer of the same type
+  bool stores_kv = false;  // a non-shared layer whose K/V some shared layer reads
   int64_t intermediate_size = 0;
 };
 
@@ -74,7 +74,9 @@ struct Gemma4Config {
 
   bool has_ple() const { return hidden_size_per_layer_input > 0; }
   int64_t first_kv_shared_layer() const { return num_hidden_layers - num_kv_shared_layers; }
-  const RopeSpec& rope(LayerType t) const { return t == LayerType::kSliding ? rope_sliding : rope_full; }
+  const RopeSpec& rope(LayerType t) const {
+    return t == LayerType::kSliding ? rope_sliding : rope_full;
+  }
 
   // Fills defaults (layer_types, last layer forced full) and derives `layers`; throws InputError
   // naming `where` when the settings contradict each other.
@@ -88,7 +90,8 @@ Gemma4Config load_gemma4_config(const std::string& path);
 // config.json text for a checkpoint: the multimodal `Gemma4ForConditionalGeneration` form (decoder
 // settings under text_config), or with `text_only` the flat `Gemma4ForCausalLM` form.
 // `dtype` is "bfloat16" or "float32".
-std::string gemma4_config_to_json(const Gemma4Config& config, bool text_only, const std::string& dtype);
+std::string gemma4_config_to_json(const Gemma4Config& config, bool text_only,
+                                  const std::string& dtype);
 
 // The configs bundled with the binary (configs/*.json): the four released variants and the small
 // test/demo/bench configs. `name` is case-insensitive ("e4b", "26b-a4b", "tiny-e2b", ...).

@@ -19,14 +19,13 @@ Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4Config& c, int layer_
   post_feedforward_layernorm = norm("post_feedforward_layernorm", H);
   if (c.has_ple()) {
     const int64_t P = c.hidden_size_per_layer_input;
-    per_layer_input_gate = register_module(
-        "per_layer_input_gate", Linear(H, P));
-    per_layer_projection = register_module(
-        "per_layer_projection", Linear(P, H));
+    per_layer_input_gate = register_module("per_layer_input_gate", Linear(H, P));
+    per_layer_projection = register_module("per_layer_projection", Linear(P, H));
     post_per_layer_input_norm = norm("post_per_layer_input_norm", H);
   }
   if (c.enable_moe_block) {
-    router = register_module("router", Gemma4Router(H, c.num_experts, c.top_k_experts, c.rms_norm_eps));
+    router =
+        register_module("router", Gemma4Router(H, c.num_experts, c.top_k_experts, c.rms_norm_eps));
     experts = register_module(
         "experts", Gemma4Experts(c.num_experts, H, c.moe_intermediate_size, c.hidden_activation));
     post_feedforward_layernorm_1 = norm("post_feedforward_layernorm_1", H);
@@ -44,8 +43,8 @@ torch::Tensor Gemma4DecoderLayerImpl::feed_forward(const torch::Tensor& r) {
     const torch::Tensor dense = post_feedforward_layernorm_1(f);
     const torch::Tensor flat = r.reshape({-1, r.size(-1)});
     const RouterChoice choice = router(flat);
-    const torch::Tensor routed =
-        post_feedforward_layernorm_2(experts(pre_feedforward_layernorm_2(flat), choice).view(r.sizes()));
+    const torch::Tensor routed = post_feedforward_layernorm_2(
+        experts(pre_feedforward_layernorm_2(flat), choice).view(r.sizes()));
     f = dense + routed;
   }
   return post_feedforward_layernorm(f);

@@ -19,7 +19,8 @@ torch::Tensor Gemma4MlpImpl::forward(const torch::Tensor& x) {
   return down_proj(gemma4_activation(gate_proj(x), activation_) * up_proj(x));
 }
 
-Gemma4RouterImpl::Gemma4RouterImpl(int64_t hidden_size, int64_t num_experts, int64_t top_k, double eps)
+Gemma4RouterImpl::Gemma4RouterImpl(int64_t hidden_size, int64_t num_experts, int64_t top_k,
+                                   double eps)
     : top_k_(top_k) {
   norm = register_module("norm", RmsNorm(RmsNormOptions(hidden_size).eps(eps).with_scale(false)));
   proj = register_module("proj", Linear(hidden_size, num_experts));
@@ -41,8 +42,10 @@ RouterChoice Gemma4RouterImpl::forward(const torch::Tensor& r) {
 Gemma4ExpertsImpl::Gemma4ExpertsImpl(int64_t num_experts, int64_t hidden_size,
                                      int64_t intermediate_size, std::string activation)
     : activation_(std::move(activation)) {
-  gate_up_proj = register_parameter("gate_up_proj", torch::empty({num_experts, 2 * intermediate_size, hidden_size}));
-  down_proj = register_parameter("down_proj", torch::empty({num_experts, hidden_size, intermediate_size}));
+  gate_up_proj = register_parameter(
+      "gate_up_proj", torch::empty({num_experts, 2 * intermediate_size, hidden_size}));
+  down_proj =
+      register_parameter("down_proj", torch::empty({num_experts, hidden_size, intermediate_size}));
 }
 
 torch::Tensor Gemma4ExpertsImpl::forward(const torch::Tensor& u, const RouterChoice& choice) {
@@ -55,7 +58,8 @@ torch::Tensor Gemma4ExpertsImpl::forward(const torch::Tensor& u, const RouterCho
     if (hits.size(0) == 0) continue;
     const torch::Tensor token = hits.select(1, 0).to(u.device());
     const torch::Tensor slot = hits.select(1, 1).to(u.device());
-    const torch::Tensor gate_up = torch::nn::functional::linear(u.index_select(0, token), gate_up_proj[e]);
+    const torch::Tensor gate_up =
+        torch::nn::functional::linear(u.index_select(0, token), gate_up_proj[e]);
     const auto parts = gate_up.chunk(2, -1);
     const torch::Tensor act = gemma4_activation(parts[0], activation_) * parts[1];
     const torch::Tensor y = torch::nn::functional::linear(act, down_proj[e]);

@@ -30,13 +30,13 @@ Gemma4TextModelImpl::Gemma4TextModelImpl(const Gemma4Config& config) : config_(c
   norm = register_module("norm", RmsNorm(RmsNormOptions(c.hidden_size).eps(c.rms_norm_eps)));
   if (c.has_ple()) {
     const int64_t width = c.num_hidden_layers * c.hidden_size_per_layer_input;
-    embed_tokens_per_layer = register_module(
-        "embed_tokens_per_layer", EmbeddingTable(c.vocab_size_per_layer_input, width));
+    embed_tokens_per_layer = register_module("embed_tokens_per_layer",
+                                             EmbeddingTable(c.vocab_size_per_layer_input, width));
     per_layer_model_projection =
         register_module("per_layer_model_projection", Linear(c.hidden_size, width));
-    per_layer_projection_norm = register_module(
-        "per_layer_projection_norm",
-        RmsNorm(RmsNormOptions(c.hidden_size_per_layer_input).eps(c.rms_norm_eps)));
+    per_layer_projection_norm =
+        register_module("per_layer_projection_norm",
+                        RmsNorm(RmsNormOptions(c.hidden_size_per_layer_input).eps(c.rms_norm_eps)));
   }
   for (const Gemma4LayerSpec& s : c.layers) {
     torch::Tensor& inv = s.type == LayerType::kSliding ? inv_freq_sliding_ : inv_freq_full_;
@@ -50,7 +50,8 @@ void Gemma4TextModelImpl::place_on(const torch::Device& device) {
   }
 }
 
-torch::Tensor Gemma4TextModelImpl::per_layer_inputs(const torch::Tensor& ids, const torch::Tensor& h0) {
+torch::Tensor Gemma4TextModelImpl::per_layer_inputs(const torch::Tensor& ids,
+                                                    const torch::Tensor& h0) {
   const Gemma4Config& c = config_;
   const int64_t L = c.num_hidden_layers, P = c.hidden_size_per_layer_input;
   const auto dtype = h0.scalar_type();
@@ -60,7 +61,8 @@ torch::Tensor Gemma4TextModelImpl::per_layer_inputs(const torch::Tensor& ids, co
   torch::Tensor token_part = embed_tokens_per_layer->lookup(ids, h0.device()).to(dtype) * ple_scale;
   token_part = token_part.view({ids.size(0), ids.size(1), L, P});
   // b) context part from the already scaled embeddings.
-  torch::Tensor context = per_layer_model_projection(h0) * (1.0 / std::sqrt(static_cast<double>(c.hidden_size)));
+  torch::Tensor context =
+      per_layer_model_projection(h0) * (1.0 / std::sqrt(static_cast<double>(c.hidden_size)));
   context = per_layer_projection_norm(context.view({ids.size(0), ids.size(1), L, P}));
   // c) combined.
   return (context + token_part) * std::pow(2.0, -0.5);
@@ -84,7 +86,9 @@ torch::Tensor Gemma4TextModelImpl::forward(const Gemma4Input& input, KvCache* ca
 
   // §2.2: embeddings × √H rounded to the weight dtype.
   const torch::Tensor embed_scale =
-      torch::tensor(std::sqrt(static_cast<double>(c.hidden_size)), torch::kFloat32).to(dtype).to(device);
+      torch::tensor(std::sqrt(static_cast<double>(c.hidden_size)), torch::kFloat32)
+          .to(dtype)
+          .to(device);
   torch::Tensor h = embed_tokens->lookup(ids, device) * embed_scale;
   torch::Tensor ple;
   if (c.has_ple()) ple = per_layer_inputs(ids, h);
@@ -101,8 +105,10 @@ torch::Tensor Gemma4TextModelImpl::forward(const Gemma4Input& input, KvCache* ca
     AttentionMaskSpec spec;
     spec.query_index = query_index;
     spec.key_index = torch::arange(past - kept, past + T, long_opts);
-    spec.key_valid = kept > 0 ? torch::cat({cache->key_valid().narrow(1, past - kept, kept).to(device), valid}, 1)
-                              : valid;
+    spec.key_valid =
+        kept > 0
+            ? torch::cat({cache->key_valid().narrow(1, past - kept, kept).to(device), valid}, 1)
+            : valid;
     spec.query_segment = segments;
     spec.key_segment = segments;
     if (type == LayerType::kSliding) spec.sliding_window = c.sliding_window;
@@ -114,7 +120,8 @@ torch::Tensor Gemma4TextModelImpl::forward(const Gemma4Input& input, KvCache* ca
   SharedKv shared;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     const torch::Tensor layer_ple = ple.defined() ? ple.select(2, i) : torch::Tensor();
-    h = layer_list_[i]->forward(h, layer_ple, per_type[static_cast<int>(c.layers[i].type)], shared, cache);
+    h = layer_list_[i]->forward(h, layer_ple, per_type[static_cast<int>(c.layers[i].type)], shared,
+                                cache);
   }
   if (cache != nullptr) cache->commit(valid);
   return norm(h);
@@ -147,6 +154,8 @@ void Gemma4ForCausalLMImpl::place_on(const torch::Device& device) {
 }
 
 torch::Device Gemma4ForCausalLMImpl::device() const { return model->embed_tokens->weight.device(); }
-torch::ScalarType Gemma4ForCausalLMImpl::dtype() const { return model->embed_tokens->weight.scalar_type(); }
+torch::ScalarType Gemma4ForCausalLMImpl::dtype() const {
+  return model->embed_tokens->weight.scalar_type();
+}
 
 }  // namespace gemma

@@ -5,7 +5,9 @@
 namespace gemma {
 
 KvCache::KvCache(const Gemma4Config& config)
-    : layers_(config.layers), sliding_window_(config.sliding_window), entries_(config.layers.size()) {}
+    : layers_(config.layers),
+      sliding_window_(config.sliding_window),
+      entries_(config.layers.size()) {}
 
 int64_t KvCache::kept_tokens(LayerType type) const {
   if (type == LayerType::kFull) return seen_;
@@ -13,7 +15,7 @@ int64_t KvCache::kept_tokens(LayerType type) const {
 }
 
 std::pair<torch::Tensor, torch::Tensor> KvCache::append(int layer, const torch::Tensor& k,
-                                                         const torch::Tensor& v) {
+                                                        const torch::Tensor& v) {
   TORCH_CHECK(!layers_.at(layer).kv_shared, "KvCache: layer ", layer, " is KV-shared");
   Entry& e = entries_[layer];
   torch::Tensor keys = e.k.defined() ? torch::cat({e.k, k}, 2) : k;

@@ -10,7 +10,8 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   return torch::nn::functional::linear(x, weight);
 }
 
-DefaultDtypeGuard::DefaultDtypeGuard(torch::ScalarType dtype) : previous_(torch::get_default_dtype()) {
+DefaultDtypeGuard::DefaultDtypeGuard(torch::ScalarType dtype)
+    : previous_(torch::get_default_dtype()) {
   torch::set_default_dtype(c10::scalarTypeToTypeMeta(dtype));
 }
 

@@ -12,7 +12,8 @@ torch::Tensor rope_inverse_frequencies(const RopeSpec& spec, int64_t head_dim) {
   torch::Tensor inv = 1.0 / torch::pow(static_cast<float>(spec.rope_theta), exponents);
   if (spec.rope_type == "proportional") {
     // §2.4: R = floor(p·d/2) rotated pairs; the denominator stays the full head_dim.
-    const auto rotated = static_cast<int64_t>(std::floor(spec.partial_rotary_factor * head_dim / 2));
+    const auto rotated =
+        static_cast<int64_t>(std::floor(spec.partial_rotary_factor * head_dim / 2));
     inv = inv / static_cast<float>(spec.factor);
     if (rotated < half) inv.slice(0, rotated, half).zero_();
   }

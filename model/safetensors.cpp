@@ -108,7 +108,8 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
     if (name == "__metadata__") {
       if (!it->is_object()) throw InputError(where + ": __metadata__ is not an object");
       for (auto m = it->begin(); m != it->end(); ++m) {
-        if (!m->is_string()) throw InputError(where + ": __metadata__." + m.key() + " is not a string");
+        if (!m->is_string())
+          throw InputError(where + ": __metadata__." + m.key() + " is not a string");
         metadata_[m.key()] = m->get<std::string>();
       }
       continue;
@@ -125,7 +126,8 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
     if (!e["shape"].is_array()) throw InputError(at + ": shape is not an array");
     uint64_t numel = 1;
     for (const json& dim : e["shape"]) {
-      if (!dim.is_number_unsigned()) throw InputError(at + ": shape holds a non-integer or negative value");
+      if (!dim.is_number_unsigned())
+        throw InputError(at + ": shape holds a non-integer or negative value");
       const uint64_t d = dim.get<uint64_t>();
       if (d != 0 && numel > std::numeric_limits<uint64_t>::max() / 8 / d) {
         throw InputError(at + ": shape is too large");

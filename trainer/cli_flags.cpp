@@ -22,7 +22,8 @@ bool parse_int64(const std::string& text, int64_t& out) {
 }  // namespace
 
 CliFlags::CliFlags(std::string command, const std::vector<std::string>& args,
-                   const std::set<std::string>& value_flags, const std::set<std::string>& switch_flags)
+                   const std::set<std::string>& value_flags,
+                   const std::set<std::string>& switch_flags)
     : command_(std::move(command)) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& arg = args[i];
@@ -98,10 +99,12 @@ std::vector<int64_t> parse_id_list(const std::string& text, const std::string& f
   size_t start = 0;
   while (start <= text.size()) {
     const size_t comma = text.find(',', start);
-    const std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const std::string item =
+        text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
     int64_t id = 0;
     if (!parse_int64(item, id) || id < 0) {
-      throw InputError(flag + ": expected comma-separated non-negative token ids, found \"" + item + "\"");
+      throw InputError(flag + ": expected comma-separated non-negative token ids, found \"" + item +
+                       "\"");
     }
     ids.push_back(id);
     if (comma == std::string::npos) break;

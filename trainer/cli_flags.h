@@ -14,7 +14,8 @@ namespace gemma {
 class CliFlags {
  public:
   CliFlags(std::string command, const std::vector<std::string>& args,
-           const std::set<std::string>& value_flags, const std::set<std::string>& switch_flags = {});
+           const std::set<std::string>& value_flags,
+           const std::set<std::string>& switch_flags = {});
 
   bool has(const std::string& name) const { return values_.count(name) != 0; }
   std::string required(const std::string& name) const;

@@ -16,8 +16,10 @@ namespace {
 constexpr const char* kUsage =
     "usage: gemma-train <command> [flags]\n"
     "commands:\n"
-    "  init    --config <file|name> --out <dir> [--seed N] [--dtype bf16|f32] [--shard-size MB] [--text-only]\n"
-    "  logits  --model <dir> --ids <id,id,...> --out <file> [--dtype f32|bf16] [--device cpu|cuda]\n"
+    "  init    --config <file|name> --out <dir> [--seed N] [--dtype bf16|f32] [--shard-size MB] "
+    "[--text-only]\n"
+    "  logits  --model <dir> --ids <id,id,...> --out <file> [--dtype f32|bf16] [--device "
+    "cpu|cuda]\n"
     "  info    --model <dir>\n"
     "global: --threads N (default: all hardware threads)\n";
 
@@ -32,7 +34,9 @@ void set_threads(std::vector<std::string>& args) {
       } catch (const std::exception&) {
         threads = 0;
       }
-      if (threads <= 0) throw gemma::InputError("--threads expects a positive integer, found \"" + args[i + 1] + "\"");
+      if (threads <= 0)
+        throw gemma::InputError("--threads expects a positive integer, found \"" + args[i + 1] +
+                                "\"");
       args.erase(args.begin() + static_cast<long>(i), args.begin() + static_cast<long>(i) + 2);
       break;
     }

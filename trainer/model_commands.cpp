@@ -29,10 +29,12 @@ Gemma4Config resolve_config(const std::string& spec) {
   for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
   if (name.rfind("gemma-4-", 0) == 0) name = name.substr(8);
   if (name.size() > 3 && name.compare(name.size() - 3, 3, "-it") == 0) name.resize(name.size() - 3);
-  if (const auto text = bundled_config_json(name)) return parse_gemma4_config(*text, "bundled config " + name);
+  if (const auto text = bundled_config_json(name))
+    return parse_gemma4_config(*text, "bundled config " + name);
   std::string known;
   for (const auto& n : bundled_config_names()) known += " " + n;
-  throw InputError("--config " + spec + ": no such file, and not a bundled config (bundled:" + known + ")");
+  throw InputError("--config " + spec +
+                   ": no such file, and not a bundled config (bundled:" + known + ")");
 }
 
 torch::ScalarType dtype_from_flag(const std::string& name) {
@@ -41,7 +43,8 @@ torch::ScalarType dtype_from_flag(const std::string& name) {
 
 torch::Device device_from_flag(const std::string& name) {
   if (name == "cuda") {
-    if (!torch::cuda::is_available()) throw InputError("--device cuda: no CUDA device is available");
+    if (!torch::cuda::is_available())
+      throw InputError("--device cuda: no CUDA device is available");
     return torch::Device(torch::kCUDA);
   }
   return torch::Device(torch::kCPU);
@@ -56,14 +59,16 @@ int64_t numel_of(const std::vector<int64_t>& shape) {
 }  // namespace
 
 int run_init_command(const std::vector<std::string>& args) {
-  const CliFlags flags("init", args, {"config", "out", "seed", "dtype", "shard-size"}, {"text-only"});
+  const CliFlags flags("init", args, {"config", "out", "seed", "dtype", "shard-size"},
+                       {"text-only"});
   const Gemma4Config config = resolve_config(flags.required("config"));
   const fs::path out = flags.required("out");
   const auto dtype = dtype_from_flag(flags.choice_or("dtype", "bf16", {"bf16", "f32"}));
   const int64_t shard_mb = flags.integer_or("shard-size", 5000);
   if (shard_mb <= 0) throw InputError("init: --shard-size expects a positive number of MB");
   const auto seed = static_cast<uint64_t>(flags.integer_or("seed", 0));
-  if (fs::exists(out)) throw InputError(out.string() + ": output folder already exists; choose a new path");
+  if (fs::exists(out))
+    throw InputError(out.string() + ": output folder already exists; choose a new path");
 
   Gemma4ForCausalLM model{nullptr};
   {
@@ -95,7 +100,8 @@ int run_logits_command(const std::vector<std::string>& args) {
   LoadedGemma4 loaded = load_gemma4(model_dir, options);
   for (int64_t id : ids) {
     if (id >= loaded.config.vocab_size) {
-      throw InputError("--ids: token id " + std::to_string(id) + " is outside the vocabulary (size " +
+      throw InputError("--ids: token id " + std::to_string(id) +
+                       " is outside the vocabulary (size " +
                        std::to_string(loaded.config.vocab_size) + ")");
     }
   }
@@ -110,8 +116,11 @@ int run_logits_command(const std::vector<std::string>& args) {
   const auto t2 = std::chrono::steady_clock::now();
   write_file_atomically(out, std::string(static_cast<const char*>(logits.data_ptr()),
                                          logits.numel() * sizeof(float)));
-  const auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  std::fprintf(stderr, "logits: %zu tokens, vocab %lld, load %.1f ms, forward %.1f ms (%.1f tokens/s)\n",
+  const auto ms = [](auto a, auto b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+  };
+  std::fprintf(stderr,
+               "logits: %zu tokens, vocab %lld, load %.1f ms, forward %.1f ms (%.1f tokens/s)\n",
                ids.size(), static_cast<long long>(loaded.config.vocab_size), ms(t0, t1), ms(t1, t2),
                1000.0 * static_cast<double>(ids.size()) / ms(t1, t2));
   return 0;
@@ -131,14 +140,18 @@ int run_info_command(const std::vector<std::string>& args) {
   }
   std::cout << "config: hidden " << c.hidden_size << ", layers " << c.num_hidden_layers << " ("
             << n_sliding << " sliding, " << n_full << " full, " << n_shared << " KV-shared), heads "
-            << c.num_attention_heads << ", vocab " << c.vocab_size << ", sliding window " << c.sliding_window
-            << "\n";
-  std::cout << "features: PLE " << (c.has_ple() ? "yes" : "no") << ", K=V " << (c.attention_k_eq_v ? "yes" : "no")
-            << ", double-wide MLP " << (c.use_double_wide_mlp ? "yes" : "no") << ", MoE "
-            << (c.enable_moe_block ? std::to_string(c.num_experts) + " experts top-" + std::to_string(c.top_k_experts)
+            << c.num_attention_heads << ", vocab " << c.vocab_size << ", sliding window "
+            << c.sliding_window << "\n";
+  std::cout << "features: PLE " << (c.has_ple() ? "yes" : "no") << ", K=V "
+            << (c.attention_k_eq_v ? "yes" : "no") << ", double-wide MLP "
+            << (c.use_double_wide_mlp ? "yes" : "no") << ", MoE "
+            << (c.enable_moe_block ? std::to_string(c.num_experts) + " experts top-" +
+                                         std::to_string(c.top_k_experts)
                                    : std::string("no"))
             << ", final softcap "
-            << (c.final_logit_softcapping ? std::to_string(*c.final_logit_softcapping) : std::string("none")) << "\n";
+            << (c.final_logit_softcapping ? std::to_string(*c.final_logit_softcapping)
+                                          : std::string("none"))
+            << "\n";
 
   std::set<std::string> used;
   int64_t total = 0, embeddings = 0, ple = 0;
@@ -158,20 +171,23 @@ int run_info_command(const std::vector<std::string>& args) {
   }
   std::cout << "parameters: total " << total << ", embeddings " << embeddings << ", PLE " << ple
             << ", decoder excluding both " << (total - embeddings - ple) << "\n";
-  std::cout << "checkpoint: prefix \"" << prefix << "\", " << (reader.sharded() ? "sharded" : "single file")
-            << ", lm_head " << (reader.contains("lm_head.weight") ? "from file" : "tied to embed_tokens") << "\n";
+  std::cout << "checkpoint: prefix \"" << prefix << "\", "
+            << (reader.sharded() ? "sharded" : "single file") << ", lm_head "
+            << (reader.contains("lm_head.weight") ? "from file" : "tied to embed_tokens") << "\n";
   std::map<std::string, int> ignored;  // by the key's first two components
   for (const std::string& key : reader.keys()) {
     if (used.count(key)) continue;
     const size_t a = key.find('.');
     const size_t b = a == std::string::npos ? a : key.find('.', a + 1);
     std::string group = key.substr(0, b);
-    if (key.rfind(prefix + "layers.", 0) == 0) group = "unused K/V of KV-shared layers and other layer tensors";
+    if (key.rfind(prefix + "layers.", 0) == 0)
+      group = "unused K/V of KV-shared layers and other layer tensors";
     ignored[group]++;
   }
-  std::cout << "tensors: " << used.size() << " used, "
-            << (reader.keys().size() - used.size()) << " ignored\n";
-  for (const auto& [group, count] : ignored) std::cout << "  ignored: " << group << " (" << count << ")\n";
+  std::cout << "tensors: " << used.size() << " used, " << (reader.keys().size() - used.size())
+            << " ignored\n";
+  for (const auto& [group, count] : ignored)
+    std::cout << "  ignored: " << group << " (" << count << ")\n";
   return 0;
 }
 

@@ -35,10 +35,12 @@ TEST(Checkpoint, SingleFileWhenItFits) {
 TEST(Checkpoint, ShardsWithAnIndex) {
   ScratchDir dir;
   std::map<std::string, torch::Tensor> values;
-  const auto files = write_checkpoint(dir.path(), some_tensors(values), 9000);  // ~2 tensors a shard
+  const auto files =
+      write_checkpoint(dir.path(), some_tensors(values), 9000);  // ~2 tensors a shard
   EXPECT_GT(files.size(), 3u);
   EXPECT_EQ(files.back(), kCheckpointIndexFile);
-  EXPECT_EQ(files.front(), "model-00001-of-0000" + std::to_string(files.size() - 1) + ".safetensors");
+  EXPECT_EQ(files.front(),
+            "model-00001-of-0000" + std::to_string(files.size() - 1) + ".safetensors");
   CheckpointReader reader(dir.path());
   EXPECT_TRUE(reader.sharded());
   EXPECT_EQ(reader.keys().size(), values.size());

@@ -36,15 +36,74 @@ struct VariantTable {
 };
 
 const VariantTable kTables[] = {
-    {"e2b", 1536, 35, 0, 4, {2048, 1536}, {4096, 1536}, {256, 1536}, {512, 1536}, {1536, 2048}, {1536, 4096},
-     true, {{0, {6144, 1536}}, {14, {6144, 1536}}, {15, {12288, 1536}}, {34, {12288, 1536}}},
-     {262144, 8960}, {8960, 1536}, {}, {}},
-    {"e4b", 2560, 42, 0, 5, {2048, 2560}, {4096, 2560}, {512, 2560}, {1024, 2560}, {2560, 2048}, {2560, 4096},
-     true, {{0, {10240, 2560}}, {41, {10240, 2560}}}, {262144, 10752}, {10752, 2560}, {}, {}},
-    {"31b", 5376, 60, 0, 5, {8192, 5376}, {16384, 5376}, {4096, 5376}, {2048, 5376}, {5376, 8192},
-     {5376, 16384}, false, {{0, {21504, 5376}}, {59, {21504, 5376}}}, {}, {}, {}, {}},
-    {"26b-a4b", 2816, 30, 0, 5, {4096, 2816}, {8192, 2816}, {2048, 2816}, {1024, 2816}, {2816, 4096},
-     {2816, 8192}, false, {{0, {2112, 2816}}, {29, {2112, 2816}}}, {}, {}, {128, 1408, 2816}, {128, 2816, 704}},
+    {"e2b",
+     1536,
+     35,
+     0,
+     4,
+     {2048, 1536},
+     {4096, 1536},
+     {256, 1536},
+     {512, 1536},
+     {1536, 2048},
+     {1536, 4096},
+     true,
+     {{0, {6144, 1536}}, {14, {6144, 1536}}, {15, {12288, 1536}}, {34, {12288, 1536}}},
+     {262144, 8960},
+     {8960, 1536},
+     {},
+     {}},
+    {"e4b",
+     2560,
+     42,
+     0,
+     5,
+     {2048, 2560},
+     {4096, 2560},
+     {512, 2560},
+     {1024, 2560},
+     {2560, 2048},
+     {2560, 4096},
+     true,
+     {{0, {10240, 2560}}, {41, {10240, 2560}}},
+     {262144, 10752},
+     {10752, 2560},
+     {},
+     {}},
+    {"31b",
+     5376,
+     60,
+     0,
+     5,
+     {8192, 5376},
+     {16384, 5376},
+     {4096, 5376},
+     {2048, 5376},
+     {5376, 8192},
+     {5376, 16384},
+     false,
+     {{0, {21504, 5376}}, {59, {21504, 5376}}},
+     {},
+     {},
+     {},
+     {}},
+    {"26b-a4b",
+     2816,
+     30,
+     0,
+     5,
+     {4096, 2816},
+     {8192, 2816},
+     {2048, 2816},
+     {1024, 2816},
+     {2816, 4096},
+     {2816, 8192},
+     false,
+     {{0, {2112, 2816}}, {29, {2112, 2816}}},
+     {},
+     {},
+     {128, 1408, 2816},
+     {128, 2816, 704}},
 };
 
 TEST(Gemma4CheckpointLayout, ReleasedVariantsMatchTheSpecTables) {
@@ -93,14 +152,16 @@ TEST(Gemma4CheckpointLayout, ReleasedVariantsMatchTheSpecTables) {
       EXPECT_EQ(shape("layers.7.router.proj.weight"), (Shape{128, t.H}));
       EXPECT_EQ(shape("layers.7.router.scale"), (Shape{t.H}));
       EXPECT_EQ(shape("layers.7.router.per_expert_scale"), (Shape{128}));
-      for (const char* n : {"pre_feedforward_layernorm_2", "post_feedforward_layernorm_1", "post_feedforward_layernorm_2"}) {
+      for (const char* n : {"pre_feedforward_layernorm_2", "post_feedforward_layernorm_1",
+                            "post_feedforward_layernorm_2"}) {
         EXPECT_EQ(shape(std::string("layers.7.") + n + ".weight"), (Shape{t.H}));
       }
     }
     // Tensor count per layer: 4 norms, layer_scalar, q/k/o + q/k norms, v where present, 3 MLP,
     // 3 PLE, 8 MoE; plus embed_tokens, norm and the 3 global PLE tensors.
     int64_t full_layers = 0;
-    for (const auto& spec : bundled_config(t.name).layers) full_layers += spec.type == LayerType::kFull;
+    for (const auto& spec : bundled_config(t.name).layers)
+      full_layers += spec.type == LayerType::kFull;
     int64_t expected = 2 + t.L * (4 + 1 + 5 + 3) + (t.L - (t.v_on_full ? 0 : full_layers));
     if (!t.ple_table.empty()) expected += 3 + 3 * t.L;
     if (!t.experts_gate_up.empty()) expected += 8 * t.L;
@@ -123,7 +184,8 @@ TEST(Gemma4CheckpointLayout, ModelStateIsTheUsedLayout) {
     const Gemma4Config c = bundled_config(name);
     Gemma4ForCausalLM model = random_model(c, 1);
     std::map<std::string, Shape> state;
-    for (const auto& p : model->named_parameters()) state[p.key().substr(6)] = p.value().sizes().vec();
+    for (const auto& p : model->named_parameters())
+      state[p.key().substr(6)] = p.value().sizes().vec();
     for (const auto& b : model->named_buffers()) state[b.key().substr(6)] = b.value().sizes().vec();
     std::map<std::string, Shape> used;
     for (const auto& info : gemma4_checkpoint_layout(c)) {
@@ -202,14 +264,19 @@ TEST(Gemma4Checkpoint, MissingOrMisShapedTensorIsNamed) {
   for (const auto& key : reader.keys()) {
     const torch::Tensor t = reader.view(key).clone();
     if (key != "model.layers.2.self_attn.o_proj.weight") missing.emplace_back(key, t);
-    misshaped.emplace_back(key, key == "model.layers.1.mlp.up_proj.weight" ? t.narrow(0, 0, 5).clone() : t);
+    misshaped.emplace_back(
+        key, key == "model.layers.1.mlp.up_proj.weight" ? t.narrow(0, 0, 5).clone() : t);
   }
   write_safetensors(dir / "m" / "model.safetensors", missing);
-  EXPECT_EQ(load_error(dir / "m"),
-            (dir / "m").string() + ": missing tensor \"model.layers.2.self_attn.o_proj.weight\" (expected shape [64, 128])");
+  EXPECT_EQ(
+      load_error(dir / "m"),
+      (dir / "m").string() +
+          ": missing tensor \"model.layers.2.self_attn.o_proj.weight\" (expected shape [64, 128])");
   write_safetensors(dir / "m" / "model.safetensors", misshaped);
-  EXPECT_EQ(load_error(dir / "m"), (dir / "m").string() +
-                                       ": tensor \"model.layers.1.mlp.up_proj.weight\" has shape [5, 64], expected [128, 64]");
+  EXPECT_EQ(
+      load_error(dir / "m"),
+      (dir / "m").string() +
+          ": tensor \"model.layers.1.mlp.up_proj.weight\" has shape [5, 64], expected [128, 64]");
 }
 
 TEST(Gemma4Checkpoint, SharedLayersKvWeightsAreOptionalAndTowersIgnored) {
@@ -222,14 +289,16 @@ TEST(Gemma4Checkpoint, SharedLayersKvWeightsAreOptionalAndTowersIgnored) {
   CheckpointReader reader(dir / "m");
   std::vector<std::pair<std::string, torch::Tensor>> kept;
   for (const auto& key : reader.keys()) {
-    if (key.find("layers.4.self_attn.k_") == std::string::npos) kept.emplace_back(key, reader.view(key).clone());
+    if (key.find("layers.4.self_attn.k_") == std::string::npos)
+      kept.emplace_back(key, reader.view(key).clone());
   }
   kept.emplace_back("model.vision_tower.encoder.weight", torch::randn({3, 3}));
   write_safetensors(dir / "m" / "model.safetensors", kept);
   LoadedGemma4 loaded = load_gemma4(dir / "m");
   const torch::Tensor ids = random_ids(1, 10, c.vocab_size, 9);
   EXPECT_TRUE(torch::equal(logits_of(loaded.model, ids), logits_of(model, ids)));
-  EXPECT_NE(std::find(loaded.report.ignored.begin(), loaded.report.ignored.end(), "model.vision_tower.encoder.weight"),
+  EXPECT_NE(std::find(loaded.report.ignored.begin(), loaded.report.ignored.end(),
+                      "model.vision_tower.encoder.weight"),
             loaded.report.ignored.end());
 }
 

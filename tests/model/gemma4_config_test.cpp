@@ -65,21 +65,23 @@ TEST(Gemma4Config, LayerTypesDefaultEverySixthFullAndLastForcedFull) {
   text.erase("layer_types");
   text["num_hidden_layers"] = 8;
   const Gemma4Config c = parse_gemma4_config(text.dump(), "x");
-  const std::vector<LayerType> expected = {LayerType::kSliding, LayerType::kSliding, LayerType::kSliding,
-                                           LayerType::kSliding, LayerType::kSliding, LayerType::kFull,
-                                           LayerType::kSliding, LayerType::kFull};
+  const std::vector<LayerType> expected = {
+      LayerType::kSliding, LayerType::kSliding, LayerType::kSliding, LayerType::kSliding,
+      LayerType::kSliding, LayerType::kFull,    LayerType::kSliding, LayerType::kFull};
   EXPECT_EQ(c.layer_types, expected);
 
   json forced = tiny_text_config();
-  forced["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention", "sliding_attention"};
+  forced["layer_types"] = {"sliding_attention", "full_attention", "sliding_attention",
+                           "sliding_attention"};
   EXPECT_EQ(parse_gemma4_config(forced.dump(), "x").layer_types.back(), LayerType::kFull);
 }
 
 TEST(Gemma4Config, RopeParametersPerLayerType) {
   json text = tiny_text_config();
-  text["rope_parameters"] = {{"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 500.0}}},
-                             {"full_attention",
-                              {{"rope_type", "proportional"}, {"partial_rotary_factor", 0.5}, {"rope_theta", 7e5}}}};
+  text["rope_parameters"] = {
+      {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 500.0}}},
+      {"full_attention",
+       {{"rope_type", "proportional"}, {"partial_rotary_factor", 0.5}, {"rope_theta", 7e5}}}};
   const Gemma4Config c = parse_gemma4_config(text.dump(), "x");
   EXPECT_EQ(c.rope_sliding.rope_theta, 500.0);
   EXPECT_EQ(c.rope_full.partial_rotary_factor, 0.5);
@@ -97,7 +99,8 @@ TEST(Gemma4Config, MissingRequiredFieldIsNamed) {
 TEST(Gemma4Config, BadValuesAreNamed) {
   json text = tiny_text_config();
   text["num_hidden_layers"] = "four";
-  EXPECT_NE(error_of(text.dump()).find("num_hidden_layers\": expected an integer"), std::string::npos);
+  EXPECT_NE(error_of(text.dump()).find("num_hidden_layers\": expected an integer"),
+            std::string::npos);
   text = tiny_text_config();
   text["layer_types"] = {"sliding_attention", "local", "sliding_attention", "full_attention"};
   EXPECT_NE(error_of(text.dump()).find("unknown layer type \"local\""), std::string::npos);
@@ -152,7 +155,8 @@ TEST(Gemma4Config, WrittenJsonParsesBackToTheSameGeometry) {
   for (const char* name : {"e2b", "e4b", "31b", "26b-a4b", "tiny-e2b", "tiny-31b", "tiny-moe"}) {
     const Gemma4Config c = bundled_config(name);
     for (bool text_only : {false, true}) {
-      const Gemma4Config back = parse_gemma4_config(gemma4_config_to_json(c, text_only, "bfloat16"), name);
+      const Gemma4Config back =
+          parse_gemma4_config(gemma4_config_to_json(c, text_only, "bfloat16"), name);
       ASSERT_EQ(back.layers.size(), c.layers.size()) << name;
       for (size_t i = 0; i < c.layers.size(); ++i) {
         EXPECT_EQ(back.layers[i].head_dim, c.layers[i].head_dim);

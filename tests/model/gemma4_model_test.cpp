@@ -71,7 +71,8 @@ TEST(Gemma4Model, SlidingCacheKeepsOnlyTheWindow) {
 // The mask against a direct loop over (query, key).
 TEST(AttentionMask, SlidingWindowAndPaddingMatchLoop) {
   const int64_t T = 11, W = 4;
-  const torch::Tensor valid = torch::tensor({1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0}, torch::kBool).unsqueeze(0);
+  const torch::Tensor valid =
+      torch::tensor({1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0}, torch::kBool).unsqueeze(0);
   for (bool sliding : {false, true}) {
     AttentionMaskSpec spec;
     spec.query_index = torch::arange(T);
@@ -149,7 +150,8 @@ TEST(RotaryEmbedding, DefaultRopeRotatesTheWholeHead) {
   const torch::Tensor inv = rope_inverse_frequencies(RopeSpec{}, 256);
   ASSERT_EQ(inv.size(0), 128);
   for (int64_t i = 0; i < 128; ++i) {
-    EXPECT_FLOAT_EQ(inv[i].item<float>(), 1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / 256.0f));
+    EXPECT_FLOAT_EQ(inv[i].item<float>(),
+                    1.0f / std::pow(10000.0f, static_cast<float>(2 * i) / 256.0f));
   }
 }
 
@@ -161,7 +163,8 @@ TEST(Gemma4Model, RightPaddedBatchMatchesSeparateSequences) {
     Gemma4ForCausalLM model = random_model(c, 21);
     const torch::Tensor a = random_ids(1, 13, c.vocab_size, 1);
     const torch::Tensor b = random_ids(1, 8, c.vocab_size, 2);
-    const torch::Tensor batch = torch::cat({a, torch::cat({b, torch::zeros({1, 5}, torch::kInt64)}, 1)}, 0);
+    const torch::Tensor batch =
+        torch::cat({a, torch::cat({b, torch::zeros({1, 5}, torch::kInt64)}, 1)}, 0);
     torch::Tensor mask = torch::ones({2, 13}, torch::kInt64);
     mask[1].narrow(0, 8, 5).zero_();
     const torch::Tensor out = forward(model, batch, nullptr, mask);

@@ -13,8 +13,8 @@ namespace {
 using testing::ScratchDir;
 
 // A safetensors file from a hand-written header and data section.
-void write_raw(const std::filesystem::path& path, const std::string& header, const std::string& data,
-               uint64_t header_len_override = 0) {
+void write_raw(const std::filesystem::path& path, const std::string& header,
+               const std::string& data, uint64_t header_len_override = 0) {
   std::ofstream out(path, std::ios::binary);
   const uint64_t n = header_len_override ? header_len_override : header.size();
   for (int i = 0; i < 8; ++i) out.put(static_cast<char>((n >> (8 * i)) & 0xff));
@@ -29,7 +29,8 @@ void expect_rejected(const std::filesystem::path& path, const std::string& needl
   } catch (const InputError& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find(needle), std::string::npos) << msg;
-    EXPECT_NE(msg.find(path.string()), std::string::npos) << "error does not name the file: " << msg;
+    EXPECT_NE(msg.find(path.string()), std::string::npos)
+        << "error does not name the file: " << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << "error is not one line: " << msg;
   }
 }
@@ -62,7 +63,8 @@ TEST(Safetensors, RoundTripsEveryDtype) {
 
 TEST(Safetensors, HeaderIsPaddedAndDataAligned) {
   ScratchDir dir;
-  write_safetensors(dir / "x.safetensors", {{"a", torch::ones({3}, torch::kInt8)}, {"b", torch::ones({2})}});
+  write_safetensors(dir / "x.safetensors",
+                    {{"a", torch::ones({3}, torch::kInt8)}, {"b", torch::ones({2})}});
   std::ifstream in(dir / "x.safetensors", std::ios::binary);
   uint64_t n = 0;
   in.read(reinterpret_cast<char*>(&n), 8);
@@ -100,9 +102,10 @@ TEST(Safetensors, RejectsInvalidJson) {
 
 TEST(Safetensors, RejectsOverlappingOffsets) {
   ScratchDir dir;
-  write_raw(dir / "x.safetensors",
-            R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
-            std::string(12, '\0'));
+  write_raw(
+      dir / "x.safetensors",
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      std::string(12, '\0'));
   expect_rejected(dir / "x.safetensors", "overlapping");
 }
 
@@ -119,9 +122,10 @@ TEST(Safetensors, RejectsDtypeShapeSizeMismatch) {
   expect_rejected(dir / "z.safetensors", "shape");
   write_raw(dir / "w.safetensors", R"({"a":{"dtype":"F32","shape":[2]}})", std::string(8, '\0'));
   expect_rejected(dir / "w.safetensors", "data_offsets");
-  write_raw(dir / "v.safetensors",
-            R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})",
-            std::string(8, '\0'));
+  write_raw(
+      dir / "v.safetensors",
+      R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})",
+      std::string(8, '\0'));
   expect_rejected(dir / "v.safetensors", "too large");
 }
 
