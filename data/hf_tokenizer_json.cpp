@@ -1,0 +1,153 @@
+#include "data/hf_tokenizer_json.h"
+
+#include <limits>
+#include <map>
+#include <nlohmann/json.hpp>
+
+#include "model/input_error.h"
+
+namespace gemma {
+using json = nlohmann::json;
+
+namespace {
+
+bool is_byte_piece(const std::string& p) {
+  if (p.size() != 6 || p.compare(0, 3, "<0x") != 0 || p[5] != '>') return false;
+  return std::isxdigit(static_cast<unsigned char>(p[3])) && std::isxdigit(static_cast<unsigned char>(p[4]));
+}
+
+size_t utf8_length(const std::string& s) {
+  size_t n = 0;
+  for (unsigned char c : s) n += (c & 0xc0) != 0x80;
+  return n;
+}
+
+// The normalizer must replace " " with "▁" (directly, or inside a Sequence) and do nothing else.
+bool is_gemma_normalizer(const json& n) {
+  if (n.is_null()) return false;
+  if (n.value("type", "") == "Replace") {
+    const json& pattern = n.value("pattern", json::object());
+    return pattern.value("String", "") == " " && n.value("content", "") == "\u2581";
+  }
+  if (n.value("type", "") == "Sequence" && n.contains("normalizers") && n["normalizers"].size() == 1) {
+    return is_gemma_normalizer(n["normalizers"][0]);
+  }
+  return false;
+}
+
+}  // namespace
+
+SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_text, const std::string& where) {
+  json root;
+  try {
+    root = json::parse(json_text);
+  } catch (const json::exception& e) {
+    throw InputError(where + ": not valid JSON: " + e.what());
+  }
+  if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) {
+    throw InputError(where + ": expected an object with a \"model\" object");
+  }
+  const json& model = root["model"];
+  if (model.value("type", "") != "BPE") {
+    throw InputError(where + ": model.type is \"" + model.value("type", "") + "\", expected \"BPE\" (Gemma's tokenizer)");
+  }
+  if (!is_gemma_normalizer(root.value("normalizer", json()))) {
+    throw InputError(where + ": normalizer is not Replace(\" \", \"\u2581\"): not a Gemma tokenizer.json");
+  }
+  if (!model.contains("vocab") || !model["vocab"].is_object()) throw InputError(where + ": model.vocab is not an object");
+
+  std::map<int64_t, std::string> by_id;
+  std::map<std::string, int64_t> id_of;
+  for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
+    if (!it->is_number_integer() || it->get<int64_t>() < 0) {
+      throw InputError(where + ": model.vocab[\"" + it.key() + "\"] is not a non-negative id");
+    }
+    const int64_t id = it->get<int64_t>();
+    if (!by_id.emplace(id, it.key()).second) throw InputError(where + ": id " + std::to_string(id) + " is used twice");
+    id_of[it.key()] = id;
+  }
+  std::map<int64_t, bool> added_special;
+  if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
+    for (const json& t : root["added_tokens"]) {
+      if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() || !t.contains("content") ||
+          !t["content"].is_string()) {
+        throw InputError(where + ": added_tokens entries need an integer id and a string content");
+      }
+      const int64_t id = t["id"].get<int64_t>();
+      const std::string content = t["content"].get<std::string>();
+      const auto known = by_id.find(id);
+      if (known == by_id.end()) {
+        by_id[id] = content;
+        id_of[content] = id;
+      } else if (known->second != content) {
+        throw InputError(where + ": added token id " + std::to_string(id) + " is \"" + content +
+                         "\" but the vocab has \"" + known->second + "\" there");
+      }
+      added_special[id] = t.value("special", false);
+    }
+  }
+  if (by_id.empty()) throw InputError(where + ": empty vocabulary");
+  const int64_t n = by_id.rbegin()->first + 1;
+  if (static_cast<int64_t>(by_id.size()) != n || n > std::numeric_limits<int32_t>::max()) {
+    throw InputError(where + ": ids are not 0.." + std::to_string(n - 1) + " without gaps");
+  }
+
+  // Merge ranks: the score of a piece is minus the rank of the first merge that makes it.
+  std::map<int64_t, int64_t> rank_of_result;
+  if (model.contains("merges")) {
+    if (!model["merges"].is_array()) throw InputError(where + ": model.merges is not a list");
+    int64_t rank = 0;
+    for (const json& m : model["merges"]) {
+      std::string left, right;
+      if (m.is_string()) {
+        const std::string s = m.get<std::string>();
+        const size_t space = s.find(' ');
+        if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
+          throw InputError(where + ": merge " + std::to_string(rank) + " \"" + s + "\" is not \"left right\"");
+        }
+        left = s.substr(0, space);
+        right = s.substr(space + 1);
+      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+        left = m[0].get<std::string>();
+        right = m[1].get<std::string>();
+      } else {
+        throw InputError(where + ": merge " + std::to_string(rank) + " is neither \"a b\" nor [\"a\", \"b\"]");
+      }
+      const auto result = id_of.find(left + right);
+      if (!id_of.count(left) || !id_of.count(right) || result == id_of.end()) {
+        throw InputError(where + ": merge " + std::to_string(rank) + " (\"" + left + "\", \"" + right +
+                         "\") uses or makes a piece that is not in the vocabulary");
+      }
+      rank_of_result.emplace(result->second, rank);  // keeps the first (best) rank
+      ++rank;
+    }
+  }
+
+  SentencePieceModelSpec spec;
+  spec.byte_fallback = model.value("byte_fallback", false);
+  const std::string unk = model.value("unk_token", json()).is_string() ? model["unk_token"].get<std::string>() : "";
+  spec.unk_id = -1;
+  spec.pieces.resize(static_cast<size_t>(n));
+  for (const auto& [id, piece] : by_id) {
+    SentencePiece& p = spec.pieces[static_cast<size_t>(id)];
+    p.piece = piece;
+    const auto special = added_special.find(id);
+    const auto rank = rank_of_result.find(id);
+    if (!unk.empty() && piece == unk) {
+      p.type = PieceType::kUnknown;
+      spec.unk_id = static_cast<int>(id);
+    } else if (special != added_special.end()) {
+      p.type = special->second ? PieceType::kControl : PieceType::kUserDefined;
+    } else if (is_byte_piece(piece)) {
+      p.type = PieceType::kByte;
+    } else if (rank != rank_of_result.end()) {
+      p.score = -static_cast<float>(rank->second);
+    } else if (utf8_length(piece) > 1) {
+      p.type = PieceType::kUnused;  // no merge reaches it
+    }
+  }
+  if (spec.unk_id < 0) throw InputError(where + ": model.unk_token is missing or not in the vocabulary");
+  return spec;
+}
+
+}  // namespace gemma
