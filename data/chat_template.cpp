@@ -13,7 +13,9 @@ namespace {
 
 constexpr const char* kQuote = "<|\"|>";  // Gemma 4's string delimiter token in tool syntax
 
-bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+bool is_space(char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 
 // Jinja's `trim` (ASCII whitespace).
 std::string trim(const std::string& s) {
@@ -37,7 +39,8 @@ std::string lower(std::string s) {
 std::vector<std::string> sorted_keys(const json& object) {
   std::vector<std::string> keys;
   for (auto it = object.begin(); it != object.end(); ++it) keys.push_back(it.key());
-  std::stable_sort(keys.begin(), keys.end(), [](const std::string& a, const std::string& b) { return lower(a) < lower(b); });
+  std::stable_sort(keys.begin(), keys.end(),
+                   [](const std::string& a, const std::string& b) { return lower(a) < lower(b); });
   return keys;
 }
 
@@ -72,7 +75,8 @@ std::string strip_thinking(const std::string& text) {
   size_t start = 0;
   while (true) {
     const size_t close = text.find("<channel|>", start);
-    const std::string part = text.substr(start, close == std::string::npos ? std::string::npos : close - start);
+    const std::string part =
+        text.substr(start, close == std::string::npos ? std::string::npos : close - start);
     const size_t open = part.find("<|channel>");
     result += open == std::string::npos ? part : part.substr(0, open);
     if (close == std::string::npos) break;
@@ -85,7 +89,8 @@ class Renderer {
  public:
   void text(const std::string& t) {
     if (t.empty()) return;
-    if (!out_.empty() && !out_.back().control && out_.back().message == message_ && out_.back().trainable == trainable_) {
+    if (!out_.empty() && !out_.back().control && out_.back().message == message_ &&
+        out_.back().trainable == trainable_) {
       out_.back().text += t;
     } else {
       out_.push_back({t, false, message_, trainable_});
@@ -161,7 +166,8 @@ class Renderer {
 
   // format_parameters(properties, required, filter_keys)
   void parameters(const json& properties, bool filter_keys) {
-    static const std::set<std::string> kStandard = {"description", "type", "properties", "required", "nullable"};
+    static const std::set<std::string> kStandard = {"description", "type", "properties", "required",
+                                                    "nullable"};
     bool found_first = false;
     if (!properties.is_object()) return;
     for (const std::string& key : sorted_keys(properties)) {
@@ -341,14 +347,16 @@ void trim_range(std::vector<ChatSegment>& segments, size_t from) {
 
 }  // namespace
 
-std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, const ChatOptions& options) {
+std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages,
+                                     const ChatOptions& options) {
   Renderer r;
   enum class Prev { kNone, kThink, kTool, kToolCall, kToolResponse } prev = Prev::kNone;
   r.control("<bos>");
 
   // System turn: a leading system/developer message, tool declarations, the thinking switch.
   size_t first = 0;
-  const bool system_first = !messages.empty() && (messages[0].role == "system" || messages[0].role == "developer");
+  const bool system_first =
+      !messages.empty() && (messages[0].role == "system" || messages[0].role == "developer");
   if (options.enable_thinking || truthy(options.tools) || system_first) {
     r.attribute(system_first ? 0 : -1, false);
     r.control("<|turn>");
@@ -402,7 +410,8 @@ std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, c
     }
     r.attribute(index, model);
 
-    const bool thinking_gate = static_cast<int>(i) > last_user || (options.preserve_thinking && !m.tool_calls.empty());
+    const bool thinking_gate =
+        static_cast<int>(i) > last_user || (options.preserve_thinking && !m.tool_calls.empty());
     if (!m.reasoning.empty() && thinking_gate) {
       r.control("<|channel>");
       r.text("thought\n" + m.reasoning + "\n");
@@ -428,7 +437,8 @@ std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, c
     bool responded = false;
     if (truthy(m.tool_responses)) {
       for (const json& tr : m.tool_responses) {
-        const std::string name = truthy(field(tr, "name")) ? string_or_empty(field(tr, "name")) : "unknown";
+        const std::string name =
+            truthy(field(tr, "name")) ? string_or_empty(field(tr, "name")) : "unknown";
         r.tool_response(name, field(tr, "response"));
         responded = true;
         prev = Prev::kToolResponse;
@@ -444,7 +454,8 @@ std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, c
         if (t.content.is_array()) {
           std::string joined;
           for (const json& part : t.content) {
-            if (string_or_empty(field(part, "type")) == "text") joined += string_or_empty(field(part, "text"));
+            if (string_or_empty(field(part, "type")) == "text")
+              joined += string_or_empty(field(part, "text"));
           }
           r.tool_response(name, joined);
           for (const json& part : t.content) r.placeholder(string_or_empty(field(part, "type")));
@@ -460,7 +471,8 @@ std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, c
     std::string captured;
     const size_t content_start = r.segments().size();
     if (m.content.is_string()) {
-      captured = model ? strip_thinking(m.content.get<std::string>()) : trim(m.content.get<std::string>());
+      captured =
+          model ? strip_thinking(m.content.get<std::string>()) : trim(m.content.get<std::string>());
       r.text(captured);
     } else if (m.content.is_array()) {
       for (const json& item : m.content) {
@@ -472,7 +484,8 @@ std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, c
           r.text(piece);
         } else {
           r.placeholder(type);
-          if (r.segments().size() > content_start && r.segments().back().control) captured += r.segments().back().text;
+          if (r.segments().size() > content_start && r.segments().back().control)
+            captured += r.segments().back().text;
         }
       }
     }
@@ -485,7 +498,8 @@ std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, c
         break;
       }
     }
-    const bool continues_into_next = model && next_role == "assistant" && (m.tool_calls.empty() || responded);
+    const bool continues_into_next =
+        model && next_role == "assistant" && (m.tool_calls.empty() || responded);
     if (prev == Prev::kToolCall && !responded) {
       r.control("<|tool_response>");  // the model stops here to wait for the tool
     } else if (continues_into_next) {
@@ -557,31 +571,36 @@ ChatTokens tokenize_chat(const std::vector<ChatSegment>& segments, const Tokeniz
 
 std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string& where) {
   if (!list.is_array()) throw InputError(where + ": messages must be a list");
-  static const std::set<std::string> kRoles = {"system", "developer", "user", "assistant", "model", "tool"};
+  static const std::set<std::string> kRoles = {"system",    "developer", "user",
+                                               "assistant", "model",     "tool"};
   std::vector<ChatMessage> out;
   for (size_t i = 0; i < list.size(); ++i) {
     const json& m = list[i];
     const std::string at = where + ": messages[" + std::to_string(i) + "]";
     if (!m.is_object()) throw InputError(at + " is not an object");
-    if (!m.contains("role") || !m["role"].is_string()) throw InputError(at + " has no string \"role\"");
+    if (!m.contains("role") || !m["role"].is_string())
+      throw InputError(at + " has no string \"role\"");
     ChatMessage msg;
     msg.role = m["role"].get<std::string>();
     if (!kRoles.count(msg.role)) {
-      throw InputError(at + ": unknown role \"" + msg.role + "\" (expected system, developer, user, assistant or tool)");
+      throw InputError(at + ": unknown role \"" + msg.role +
+                       "\" (expected system, developer, user, assistant or tool)");
     }
     if (msg.role == "model") msg.role = "assistant";
     if ((msg.role == "system" || msg.role == "developer") && i != 0) {
       throw InputError(at + ": a " + msg.role + " message must come first");
     }
     msg.content = m.value("content", json());
-    if (!msg.content.is_null() && !msg.content.is_string() && !msg.content.is_array() && msg.role != "tool") {
+    if (!msg.content.is_null() && !msg.content.is_string() && !msg.content.is_array() &&
+        msg.role != "tool") {
       throw InputError(at + ": content must be a string or a list of parts");
     }
     for (const char* key : {"reasoning", "reasoning_content", "thinking"}) {
       if (m.contains(key) && m[key].is_string()) msg.reasoning = m[key].get<std::string>();
     }
     if (m.contains("tool_calls") && !m["tool_calls"].is_null()) {
-      if (msg.role != "assistant") throw InputError(at + ": only assistant messages carry tool_calls");
+      if (msg.role != "assistant")
+        throw InputError(at + ": only assistant messages carry tool_calls");
       if (!m["tool_calls"].is_array()) throw InputError(at + ": tool_calls must be a list");
       for (const json& c : m["tool_calls"]) {
         const json& f = field(c, "function");
@@ -596,7 +615,8 @@ std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string
           try {
             call.arguments = json::parse(call.arguments.get<std::string>());
           } catch (const json::exception&) {
-            throw InputError(at + ": tool call \"" + call.name + "\" has arguments that are not JSON");
+            throw InputError(at + ": tool call \"" + call.name +
+                             "\" has arguments that are not JSON");
           }
         }
         if (!call.arguments.is_null() && !call.arguments.is_object()) {
@@ -609,8 +629,10 @@ std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string
     msg.tool_call_id = string_or_empty(field(m, "tool_call_id"));
     msg.name = string_or_empty(field(m, "name"));
     if (msg.role == "tool") {
-      const bool after_call = !out.empty() && (out.back().role == "tool" || !out.back().tool_calls.empty());
-      if (!after_call) throw InputError(at + ": a tool message must follow an assistant message with tool_calls");
+      const bool after_call =
+          !out.empty() && (out.back().role == "tool" || !out.back().tool_calls.empty());
+      if (!after_call)
+        throw InputError(at + ": a tool message must follow an assistant message with tool_calls");
     }
     out.push_back(std::move(msg));
   }
@@ -639,10 +661,12 @@ ChatRequest parse_chat_request(const std::string& json_text, const std::string& 
       }
       request.options.tools = root["tools"];
     }
-    for (const auto& [key, flag] : {std::pair<const char*, bool*>{"enable_thinking", &request.options.enable_thinking},
-                                    {"add_generation_prompt", &request.options.add_generation_prompt}}) {
+    for (const auto& [key, flag] :
+         {std::pair<const char*, bool*>{"enable_thinking", &request.options.enable_thinking},
+          {"add_generation_prompt", &request.options.add_generation_prompt}}) {
       if (!root.contains(key)) continue;
-      if (!root[key].is_boolean()) throw InputError(where + ": \"" + key + "\" must be true or false");
+      if (!root[key].is_boolean())
+        throw InputError(where + ": \"" + key + "\" must be true or false");
       *flag = root[key].get<bool>();
     }
   } else {
@@ -654,19 +678,24 @@ ChatRequest parse_chat_request(const std::string& json_text, const std::string& 
 
 ChatTemplateInspection inspect_chat_template(const std::string& jinja_text) {
   ChatTemplateInspection out;
-  const bool has_turns = jinja_text.find("<|turn>") != std::string::npos && jinja_text.find("<turn|>") != std::string::npos;
+  const bool has_turns = jinja_text.find("<|turn>") != std::string::npos &&
+                         jinja_text.find("<turn|>") != std::string::npos;
   out.recognized = has_turns && jinja_text.find("strip_thinking") != std::string::npos &&
                    jinja_text.find("<|tool_call>") != std::string::npos;
   // The revisions that close an empty thought channel right after the generation prompt.
-  out.empty_thought_channel = jinja_text.find("<|channel>thought\\n<channel|>") != std::string::npos ||
-                              jinja_text.find("<|channel>thought\n<channel|>") != std::string::npos;
+  out.empty_thought_channel =
+      jinja_text.find("<|channel>thought\\n<channel|>") != std::string::npos ||
+      jinja_text.find("<|channel>thought\n<channel|>") != std::string::npos;
   if (!out.recognized) {
-    out.note = has_turns ? "it uses Gemma 4 turn markers but differs from the built-in Gemma 4 template; "
-                           "gemma-train renders conversations with its built-in template"
-                         : "it is not a Gemma 4 chat template (no <|turn>/<turn|> markers); "
-                           "gemma-train renders conversations with its built-in Gemma 4 template";
+    out.note = has_turns
+                   ? "it uses Gemma 4 turn markers but differs from the built-in Gemma 4 template; "
+                     "gemma-train renders conversations with its built-in template"
+                   : "it is not a Gemma 4 chat template (no <|turn>/<turn|> markers); "
+                     "gemma-train renders conversations with its built-in Gemma 4 template";
   } else if (out.empty_thought_channel) {
-    out.note = "this revision appends an empty thought channel after the generation prompt when thinking is off";
+    out.note =
+        "this revision appends an empty thought channel after the generation prompt when thinking "
+        "is off";
   }
   return out;
 }

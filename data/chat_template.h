@@ -21,12 +21,13 @@ struct ToolCall {
 };
 
 struct ChatMessage {
-  std::string role;  // "system", "developer", "user", "assistant", "tool"
-  nlohmann::json content;  // a string, a list of parts ({"type": "text", "text": ..}, image, audio, video), or null
+  std::string role;        // "system", "developer", "user", "assistant", "tool"
+  nlohmann::json content;  // a string, a list of parts ({"type": "text", "text": ..}, image, audio,
+                           // video), or null
   std::string reasoning;   // `reasoning` / `reasoning_content`: rendered as the thought channel
   std::vector<ToolCall> tool_calls;
-  std::string tool_call_id;      // tool messages: which call they answer
-  std::string name;              // tool messages: the function's name
+  std::string tool_call_id;       // tool messages: which call they answer
+  std::string name;               // tool messages: the function's name
   nlohmann::json tool_responses;  // Gemma's native form: responses on the assistant message
 };
 
@@ -47,14 +48,15 @@ struct ChatSegment {
   bool trainable = false;  // the model's own tokens
 };
 
-std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages, const ChatOptions& options);
+std::vector<ChatSegment> render_chat(const std::vector<ChatMessage>& messages,
+                                     const ChatOptions& options);
 // The rendered text, as a Jinja rendering of the template would give it.
 std::string chat_text(const std::vector<ChatSegment>& segments);
 
 struct ChatTokens {
   std::vector<int> ids;
-  std::vector<int> message;          // per token, as ChatSegment::message
-  std::vector<uint8_t> trainable;    // per token
+  std::vector<int> message;        // per token, as ChatSegment::message
+  std::vector<uint8_t> trainable;  // per token
 };
 
 // Control segments become their special ids; each run of text between them is encoded as one
@@ -71,7 +73,8 @@ struct ChatRequest {
 // "enable_thinking", "add_generation_prompt". Unknown roles, misplaced system turns and tool
 // results without a call are InputErrors naming `where` and the message index.
 ChatRequest parse_chat_request(const std::string& json_text, const std::string& where);
-std::vector<ChatMessage> parse_chat_messages(const nlohmann::json& messages, const std::string& where);
+std::vector<ChatMessage> parse_chat_messages(const nlohmann::json& messages,
+                                             const std::string& where);
 
 struct ChatTemplateInspection {
   bool recognized = false;             // looks like a Gemma 4 template

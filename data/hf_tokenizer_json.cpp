@@ -13,7 +13,8 @@ namespace {
 
 bool is_byte_piece(const std::string& p) {
   if (p.size() != 6 || p.compare(0, 3, "<0x") != 0 || p[5] != '>') return false;
-  return std::isxdigit(static_cast<unsigned char>(p[3])) && std::isxdigit(static_cast<unsigned char>(p[4]));
+  return std::isxdigit(static_cast<unsigned char>(p[3])) &&
+         std::isxdigit(static_cast<unsigned char>(p[4]));
 }
 
 size_t utf8_length(const std::string& s) {
@@ -29,7 +30,8 @@ bool is_gemma_normalizer(const json& n) {
     const json& pattern = n.value("pattern", json::object());
     return pattern.value("String", "") == " " && n.value("content", "") == "\u2581";
   }
-  if (n.value("type", "") == "Sequence" && n.contains("normalizers") && n["normalizers"].size() == 1) {
+  if (n.value("type", "") == "Sequence" && n.contains("normalizers") &&
+      n["normalizers"].size() == 1) {
     return is_gemma_normalizer(n["normalizers"][0]);
   }
   return false;
@@ -37,7 +39,8 @@ bool is_gemma_normalizer(const json& n) {
 
 }  // namespace
 
-SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_text, const std::string& where) {
+SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_text,
+                                                       const std::string& where) {
   json root;
   try {
     root = json::parse(json_text);
@@ -49,12 +52,15 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
   }
   const json& model = root["model"];
   if (model.value("type", "") != "BPE") {
-    throw InputError(where + ": model.type is \"" + model.value("type", "") + "\", expected \"BPE\" (Gemma's tokenizer)");
+    throw InputError(where + ": model.type is \"" + model.value("type", "") +
+                     "\", expected \"BPE\" (Gemma's tokenizer)");
   }
   if (!is_gemma_normalizer(root.value("normalizer", json()))) {
-    throw InputError(where + ": normalizer is not Replace(\" \", \"\u2581\"): not a Gemma tokenizer.json");
+    throw InputError(where +
+                     ": normalizer is not Replace(\" \", \"\u2581\"): not a Gemma tokenizer.json");
   }
-  if (!model.contains("vocab") || !model["vocab"].is_object()) throw InputError(where + ": model.vocab is not an object");
+  if (!model.contains("vocab") || !model["vocab"].is_object())
+    throw InputError(where + ": model.vocab is not an object");
 
   std::map<int64_t, std::string> by_id;
   std::map<std::string, int64_t> id_of;
@@ -63,14 +69,15 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
       throw InputError(where + ": model.vocab[\"" + it.key() + "\"] is not a non-negative id");
     }
     const int64_t id = it->get<int64_t>();
-    if (!by_id.emplace(id, it.key()).second) throw InputError(where + ": id " + std::to_string(id) + " is used twice");
+    if (!by_id.emplace(id, it.key()).second)
+      throw InputError(where + ": id " + std::to_string(id) + " is used twice");
     id_of[it.key()] = id;
   }
   std::map<int64_t, bool> added_special;
   if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
     for (const json& t : root["added_tokens"]) {
-      if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() || !t.contains("content") ||
-          !t["content"].is_string()) {
+      if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() ||
+          !t.contains("content") || !t["content"].is_string()) {
         throw InputError(where + ": added_tokens entries need an integer id and a string content");
       }
       const int64_t id = t["id"].get<int64_t>();
@@ -103,7 +110,8 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
         const std::string s = m.get<std::string>();
         const size_t space = s.find(' ');
         if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
-          throw InputError(where + ": merge " + std::to_string(rank) + " \"" + s + "\" is not \"left right\"");
+          throw InputError(where + ": merge " + std::to_string(rank) + " \"" + s +
+                           "\" is not \"left right\"");
         }
         left = s.substr(0, space);
         right = s.substr(space + 1);
@@ -111,12 +119,13 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
         left = m[0].get<std::string>();
         right = m[1].get<std::string>();
       } else {
-        throw InputError(where + ": merge " + std::to_string(rank) + " is neither \"a b\" nor [\"a\", \"b\"]");
+        throw InputError(where + ": merge " + std::to_string(rank) +
+                         " is neither \"a b\" nor [\"a\", \"b\"]");
       }
       const auto result = id_of.find(left + right);
       if (!id_of.count(left) || !id_of.count(right) || result == id_of.end()) {
-        throw InputError(where + ": merge " + std::to_string(rank) + " (\"" + left + "\", \"" + right +
-                         "\") uses or makes a piece that is not in the vocabulary");
+        throw InputError(where + ": merge " + std::to_string(rank) + " (\"" + left + "\", \"" +
+                         right + "\") uses or makes a piece that is not in the vocabulary");
       }
       rank_of_result.emplace(result->second, rank);  // keeps the first (best) rank
       ++rank;
@@ -125,7 +134,8 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
 
   SentencePieceModelSpec spec;
   spec.byte_fallback = model.value("byte_fallback", false);
-  const std::string unk = model.value("unk_token", json()).is_string() ? model["unk_token"].get<std::string>() : "";
+  const std::string unk =
+      model.value("unk_token", json()).is_string() ? model["unk_token"].get<std::string>() : "";
   spec.unk_id = -1;
   spec.pieces.resize(static_cast<size_t>(n));
   for (const auto& [id, piece] : by_id) {
@@ -146,7 +156,8 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
       p.type = PieceType::kUnused;  // no merge reaches it
     }
   }
-  if (spec.unk_id < 0) throw InputError(where + ": model.unk_token is missing or not in the vocabulary");
+  if (spec.unk_id < 0)
+    throw InputError(where + ": model.unk_token is missing or not in the vocabulary");
   return spec;
 }
 

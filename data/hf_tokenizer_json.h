@@ -16,6 +16,7 @@
 namespace gemma {
 
 // Parses `json_text`; `where` names the file in InputError messages.
-SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_text, const std::string& where);
+SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_text,
+                                                       const std::string& where);
 
 }  // namespace gemma

@@ -45,11 +45,22 @@ class ProtoWriter {
 
 // Field numbers of sentencepiece_model.proto.
 enum : int {
-  kModelPieces = 1, kModelTrainerSpec = 2, kModelNormalizerSpec = 3,
-  kPiecePiece = 1, kPieceScore = 2, kPieceType = 3,
-  kTrainerModelType = 3, kTrainerVocabSize = 4, kTrainerByteFallback = 35, kTrainerUnkId = 40,
-  kTrainerBosId = 41, kTrainerEosId = 42, kTrainerPadId = 43,
-  kNormalizerName = 1, kNormalizerAddDummyPrefix = 3, kNormalizerRemoveExtraWhitespaces = 4,
+  kModelPieces = 1,
+  kModelTrainerSpec = 2,
+  kModelNormalizerSpec = 3,
+  kPiecePiece = 1,
+  kPieceScore = 2,
+  kPieceType = 3,
+  kTrainerModelType = 3,
+  kTrainerVocabSize = 4,
+  kTrainerByteFallback = 35,
+  kTrainerUnkId = 40,
+  kTrainerBosId = 41,
+  kTrainerEosId = 42,
+  kTrainerPadId = 43,
+  kNormalizerName = 1,
+  kNormalizerAddDummyPrefix = 3,
+  kNormalizerRemoveExtraWhitespaces = 4,
   kNormalizerEscapeWhitespaces = 5,
 };
 constexpr int kModelTypeBpe = 2;

@@ -10,7 +10,14 @@
 namespace gemma {
 
 // ModelProto.SentencePiece.Type
-enum class PieceType : int { kNormal = 1, kUnknown = 2, kControl = 3, kUserDefined = 4, kUnused = 5, kByte = 6 };
+enum class PieceType : int {
+  kNormal = 1,
+  kUnknown = 2,
+  kControl = 3,
+  kUserDefined = 4,
+  kUnused = 5,
+  kByte = 6
+};
 
 struct SentencePiece {
   std::string piece;
@@ -28,7 +35,8 @@ struct SentencePieceModelSpec {
   bool escape_whitespaces = true;
 };
 
-// A serialized ModelProto (model_type BPE) that SentencePieceProcessor::LoadFromSerializedProto takes.
+// A serialized ModelProto (model_type BPE) that SentencePieceProcessor::LoadFromSerializedProto
+// takes.
 std::string serialize_sentencepiece_model(const SentencePieceModelSpec& spec);
 
 }  // namespace gemma

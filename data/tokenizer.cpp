@@ -21,10 +21,12 @@ std::string read_file(const fs::path& path) {
   return ss.str();
 }
 
-std::shared_ptr<sentencepiece::SentencePieceProcessor> load_proto(const std::string& bytes, const std::string& where) {
+std::shared_ptr<sentencepiece::SentencePieceProcessor> load_proto(const std::string& bytes,
+                                                                  const std::string& where) {
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   const auto status = sp->LoadFromSerializedProto(bytes);
-  if (!status.ok()) throw InputError(where + ": not a valid SentencePiece model: " + status.ToString());
+  if (!status.ok())
+    throw InputError(where + ": not a valid SentencePiece model: " + status.ToString());
   return sp;
 }
 
@@ -40,7 +42,8 @@ Tokenizer Tokenizer::from_folder(const fs::path& dir) {
 }
 
 Tokenizer Tokenizer::from_hf_json(const fs::path& path) {
-  const SentencePieceModelSpec spec = sentencepiece_spec_from_hf_json(read_file(path), path.string());
+  const SentencePieceModelSpec spec =
+      sentencepiece_spec_from_hf_json(read_file(path), path.string());
   return Tokenizer(load_proto(serialize_sentencepiece_model(spec), path.string()), path.string());
 }
 
@@ -86,7 +89,8 @@ std::optional<int> Tokenizer::special_id(const std::string& token) const {
 
 int Tokenizer::require_special(const std::string& token) const {
   if (const auto id = special_id(token)) return *id;
-  throw InputError(source_ + ": the vocabulary has no \"" + token + "\" token (not a Gemma 4 tokenizer?)");
+  throw InputError(source_ + ": the vocabulary has no \"" + token +
+                   "\" token (not a Gemma 4 tokenizer?)");
 }
 
 }  // namespace gemma

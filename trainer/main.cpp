@@ -10,6 +10,7 @@
 
 #include "model/input_error.h"
 #include "trainer/model_commands.h"
+#include "trainer/text_commands.h"
 
 namespace {
 
@@ -21,6 +22,13 @@ constexpr const char* kUsage =
     "  logits  --model <dir> --ids <id,id,...> --out <file> [--dtype f32|bf16] [--device "
     "cpu|cuda]\n"
     "  info    --model <dir>\n"
+    "  generate --model <dir> (--prompt TEXT | --messages FILE.json | --input prompts.jsonl "
+    "--output out.jsonl)\n"
+    "           [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--raw] "
+    "[--ids]\n"
+    "           [--thinking] [--batch-size N] [--no-cache] [--dtype f32|bf16] [--device cpu|cuda]\n"
+    "  chat    --model <dir> [--system TEXT] [--thinking] [sampling flags as generate]\n"
+    "  tokenize --model <dir> (--text TEXT [--bos] | --messages FILE.json)\n"
     "global: --threads N (default: all hardware threads)\n";
 
 // LibTorch's intra-op pool may start with one thread (platform.md, trap 2): set it explicitly.
@@ -59,6 +67,9 @@ int main(int argc, char** argv) {
     if (command == "init") return gemma::run_init_command(args);
     if (command == "logits") return gemma::run_logits_command(args);
     if (command == "info") return gemma::run_info_command(args);
+    if (command == "generate") return gemma::run_generate_command(args);
+    if (command == "chat") return gemma::run_chat_command(args);
+    if (command == "tokenize") return gemma::run_tokenize_command(args);
     std::cerr << "gemma-train: unknown command \"" << command << "\"\n" << kUsage;
     return 2;
   } catch (const gemma::InputError& e) {
