@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The demo of the README: builds gemma-train, makes the bundled demo model (configs/demo.json, a
 # small Gemma 4 with every E-model feature: PLE, KV sharing, double-wide MLP, sliding and full
-# layers) in the Hugging Face layout, and runs it.
+# layers; random weights) in the Hugging Face layout with the bundled tokenizer, and runs it:
+# its summary, a chat-formatted generation, and the logits of a few tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 bin=build/gemma-train
 model=out/demo-model
 mkdir -p out
-[ -d "$model" ] || $bin init --config demo --out "$model" --seed 0 --dtype bf16
+if [ ! -d "$model" ]; then
+  $bin init --config demo --out "$model" --seed 0 --dtype bf16
+  cp configs/tokenizer/tokenizer.json configs/tokenizer/tokenizer_config.json "$model"/
+fi
 $bin info --model "$model"
-ids=2,818,1040,7,99,3120,45,1000,17,256,4000,12,9,77,301,2048
-for dtype in f32 bf16; do
-  $bin logits --model "$model" --ids "$ids" --out "out/demo-logits-$dtype.bin" --dtype "$dtype"
-done
-echo "logits written to out/demo-logits-{f32,bf16}.bin (float32, [16, 4096])"
+echo "--- generate (random weights: the text is noise; the pipeline is real)"
+$bin generate --model "$model" --prompt "Tell me about the river." --max-new-tokens 24 --seed 1
+ids=$($bin tokenize --model "$model" --text "The model" --bos)
+$bin logits --model "$model" --ids "$ids" --out out/demo-logits.bin
+echo "logits of [$ids] written to out/demo-logits.bin (float32, [tokens, 4096])"

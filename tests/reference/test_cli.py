@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import run
+from conftest import REPO, run
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +130,49 @@ def test_loading_peak_memory_stays_near_model_size(gemma_train, tmp_path):
     growth = peak - baseline
     print(f"model {model_bytes / 1e6:.0f} MB, baseline {baseline / 1e6:.0f} MB, peak {peak / 1e6:.0f} MB")
     assert growth < 1.5 * model_bytes, f"load grew RSS by {growth / 1e6:.0f} MB for a {model_bytes / 1e6:.0f} MB model"
+
+
+@pytest.fixture(scope="module")
+def demo(gemma_train, tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "model"
+    run(gemma_train, "init", "--config", "demo", "--out", out, "--dtype", "f32")
+    for f in (REPO / "configs" / "tokenizer").iterdir():
+        shutil.copy(f, out / f.name)
+    return out
+
+
+def test_generate_bad_input(gemma_train, demo, tmp_path):
+    no_tok = tmp_path / "no_tok"
+    shutil.copytree(demo, no_tok)
+    (no_tok / "tokenizer.json").unlink()
+    (no_tok / "tokenizer.model").unlink()
+    expect_error(gemma_train, ["generate", "--model", no_tok, "--prompt", "hi"], "no tokenizer.json or tokenizer.model")
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(demo, corrupt)
+    (corrupt / "tokenizer.json").write_text("{\"model\": {\"type\": \"BPE\", \"vocab\": ")
+    expect_error(gemma_train, ["generate", "--model", corrupt, "--prompt", "hi"], "tokenizer.json: not valid JSON")
+    bad_role = tmp_path / "role.json"
+    bad_role.write_text(json.dumps([{"role": "robot", "content": "hi"}]))
+    expect_error(gemma_train, ["generate", "--model", demo, "--messages", bad_role], "unknown role \"robot\"")
+    order = tmp_path / "order.json"
+    order.write_text(json.dumps([{"role": "user", "content": "hi"}, {"role": "system", "content": "late"}]))
+    expect_error(gemma_train, ["generate", "--model", demo, "--messages", order], "must come first")
+    orphan = tmp_path / "orphan.json"
+    orphan.write_text(json.dumps([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}]))
+    expect_error(gemma_train, ["generate", "--model", demo, "--messages", orphan], "must follow an assistant")
+    expect_error(gemma_train, ["generate", "--model", demo, "--prompt", "word " * 5000],
+                 "longer than the model's context")
+    expect_error(gemma_train, ["generate", "--model", demo, "--prompt", "x", "--top-p", "2"], "--top-p")
+    expect_error(gemma_train, ["generate", "--model", demo], "exactly one of --prompt")
+    bad_jsonl = tmp_path / "in.jsonl"
+    bad_jsonl.write_text("{\"prompt\": \"ok\"}\n{\"nope\": 1}\n")
+    expect_error(gemma_train, ["generate", "--model", demo, "--input", bad_jsonl, "--output", tmp_path / "o.jsonl"],
+                 "in.jsonl:2")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_chat_keeps_a_conversation(gemma_train, demo):
+    proc = subprocess.run([gemma_train, "chat", "--model", str(demo), "--temperature", "0", "--max-new-tokens", "5"],
+                          input="Hello\nAnd again\n/exit\n", capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("model> ") == 2, proc.stdout
