@@ -1,0 +1,292 @@
+// The vectorized, multi-threaded CPU NF4 path (AVX-512 or AVX2, chosen at run time, with a scalar
+// fallback). Every step does what the reference does, in the same float32 operations, so the
+// results agree bit for bit: scale = x · (1/absmax) clamped to [-1, 1], code = first nearest table
+// entry by |scale - value|, and for bf16 output the table rounded to bf16 before scaling.
+#include <ATen/Parallel.h>
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "kernels/nf4.h"
+
+namespace gemma {
+
+namespace {
+
+enum class Isa { kScalar, kAvx2, kAvx512 };
+
+Isa detect_isa() {
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Isa::kAvx512;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
+  return Isa::kScalar;
+}
+
+const Isa kIsa = detect_isa();
+
+// Round to nearest even, as torch converts float32 to bfloat16 (NaN stays NaN).
+uint16_t float_to_bf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+// ---- quantization: one block of up to 64 float32 values -> codes -------------------------------
+
+uint8_t nearest_scalar(float s, const float* table) {
+  uint8_t best = 0;
+  float best_d = std::fabs(s - table[0]);
+  for (int i = 1; i < 16; ++i) {
+    const float d = std::fabs(s - table[i]);
+    if (d < best_d) {
+      best_d = d;
+      best = static_cast<uint8_t>(i);
+    }
+  }
+  return best;
+}
+
+float clamp_like_torch(float v) { return std::isnan(v) ? v : std::fmin(std::fmax(v, -1.0f), 1.0f); }
+
+void codes_scalar(const float* x, int64_t n, float inv, const float* table, uint8_t* codes) {
+  for (int64_t i = 0; i < n; ++i) codes[i] = nearest_scalar(clamp_like_torch(x[i] * inv), table);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void codes_avx512(const float* x, int64_t n, float inv,
+                                                              const float* table, uint8_t* codes) {
+  int64_t i = 0;
+  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
+  for (; i + 16 <= n; i += 16) {
+    __m512 s = _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv);
+    const __mmask16 nan = _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q);
+    s = _mm512_min_ps(_mm512_max_ps(s, lo), hi);
+    __m512 best_d = _mm512_abs_ps(_mm512_sub_ps(s, _mm512_set1_ps(table[0])));
+    __m512i best = _mm512_setzero_si512();
+    for (int c = 1; c < 16; ++c) {
+      const __m512 d = _mm512_abs_ps(_mm512_sub_ps(s, _mm512_set1_ps(table[c])));
+      const __mmask16 better = _mm512_cmp_ps_mask(d, best_d, _CMP_LT_OQ);
+      best_d = _mm512_mask_mov_ps(best_d, better, d);
+      best = _mm512_mask_mov_epi32(best, better, _mm512_set1_epi32(c));
+    }
+    best = _mm512_mask_mov_epi32(best, nan, _mm512_setzero_si512());  // NaN -> code 0, as argmin
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(best));
+  }
+  codes_scalar(x + i, n - i, inv, table, codes + i);
+}
+
+__attribute__((target("avx2,fma"))) void codes_avx2(const float* x, int64_t n, float inv,
+                                                    const float* table, uint8_t* codes) {
+  int64_t i = 0;
+  const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
+  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  alignas(32) int32_t out[8];
+  for (; i + 8 <= n; i += 8) {
+    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv);
+    const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
+    s = _mm256_min_ps(_mm256_max_ps(s, lo), hi);
+    __m256 best_d = _mm256_and_ps(_mm256_sub_ps(s, _mm256_set1_ps(table[0])), sign);
+    __m256i best = _mm256_setzero_si256();
+    for (int c = 1; c < 16; ++c) {
+      const __m256 d = _mm256_and_ps(_mm256_sub_ps(s, _mm256_set1_ps(table[c])), sign);
+      const __m256 better = _mm256_cmp_ps(d, best_d, _CMP_LT_OQ);
+      best_d = _mm256_blendv_ps(best_d, d, better);
+      best = _mm256_blendv_epi8(best, _mm256_set1_epi32(c), _mm256_castps_si256(better));
+    }
+    best = _mm256_andnot_si256(_mm256_castps_si256(nan), best);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(out), best);
+    for (int k = 0; k < 8; ++k) codes[i + k] = static_cast<uint8_t>(out[k]);
+  }
+  codes_scalar(x + i, n - i, inv, table, codes + i);
+}
+
+void block_codes(const float* x, int64_t n, float inv, const float* table, uint8_t* codes) {
+  switch (kIsa) {
+    case Isa::kAvx512:
+      return codes_avx512(x, n, inv, table, codes);
+    case Isa::kAvx2:
+      return codes_avx2(x, n, inv, table, codes);
+    default:
+      return codes_scalar(x, n, inv, table, codes);
+  }
+}
+
+// ---- dequantization: one block of codes -> output values ----------------------------------------
+
+template <typename Out>
+void dequant_scalar(const uint8_t* packed, int64_t first, int64_t n, float absmax, const float* lut,
+                    Out* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t e = first + i;
+    const uint8_t byte = packed[e >> 1];
+    const float v = lut[(e & 1) ? (byte & 0xF) : (byte >> 4)] * absmax;
+    if constexpr (std::is_same_v<Out, float>) {
+      out[i] = v;
+    } else {
+      out[i] = float_to_bf16(v);
+    }
+  }
+}
+
+// 16 codes from 8 bytes, in element order (high nibble first).
+__attribute__((target("avx512f,avx512bw"))) inline __m512i unpack16(const uint8_t* bytes) {
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
+  const __m128i low = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+  const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+  return _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(high, low));
+}
+
+__attribute__((target("avx512f,avx512bw"))) inline __m256i round_to_bf16_avx512(__m512 v) {
+  // Round to nearest even on the bit pattern (finite values; NaN cannot arise from finite inputs).
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16));
+}
+
+template <typename Out>
+__attribute__((target("avx512f,avx512bw"))) void dequant_avx512(const uint8_t* packed,
+                                                                int64_t first, int64_t n,
+                                                                float absmax, const float* lut,
+                                                                Out* out) {
+  // `first` is a multiple of the block size (even), so bytes line up with elements.
+  const __m512 table = _mm512_loadu_ps(lut);
+  const __m512 scale = _mm512_set1_ps(absmax);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v =
+        _mm512_mul_ps(_mm512_permutexvar_ps(unpack16(packed + ((first + i) >> 1)), table), scale);
+    if constexpr (std::is_same_v<Out, float>) {
+      _mm512_storeu_ps(out + i, v);
+    } else {
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), round_to_bf16_avx512(v));
+    }
+  }
+  dequant_scalar(packed, first + i, n - i, absmax, lut, out + i);
+}
+
+template <typename Out>
+__attribute__((target("avx2,fma"))) void dequant_avx2(const uint8_t* packed, int64_t first,
+                                                      int64_t n, float absmax, const float* lut,
+                                                      Out* out) {
+  const __m256 table_lo = _mm256_loadu_ps(lut), table_hi = _mm256_loadu_ps(lut + 8);
+  const __m256 scale = _mm256_set1_ps(absmax);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m128i b =
+        _mm_cvtsi32_si128(*reinterpret_cast<const int32_t*>(packed + ((first + i) >> 1)));
+    const __m128i low = _mm_and_si128(b, _mm_set1_epi8(0x0F));
+    const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
+    const __m256i idx = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(high, low));
+    const __m256 from_lo = _mm256_permutevar8x32_ps(table_lo, idx);
+    const __m256 from_hi = _mm256_permutevar8x32_ps(table_hi, idx);
+    const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+    const __m256 v = _mm256_mul_ps(_mm256_blendv_ps(from_lo, from_hi, upper), scale);
+    if constexpr (std::is_same_v<Out, float>) {
+      _mm256_storeu_ps(out + i, v);
+    } else {
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, v);
+      for (int k = 0; k < 8; ++k) out[i + k] = float_to_bf16(tmp[k]);
+    }
+  }
+  dequant_scalar(packed, first + i, n - i, absmax, lut, out + i);
+}
+
+template <typename Out>
+void dequant_block(const uint8_t* packed, int64_t first, int64_t n, float absmax, const float* lut,
+                   Out* out) {
+  switch (kIsa) {
+    case Isa::kAvx512:
+      return dequant_avx512(packed, first, n, absmax, lut, out);
+    case Isa::kAvx2:
+      return dequant_avx2(packed, first, n, absmax, lut, out);
+    default:
+      return dequant_scalar(packed, first, n, absmax, lut, out);
+  }
+}
+
+constexpr int64_t kBlocksPerTask = 256;
+
+}  // namespace
+
+const char* nf4_cpu_isa() {
+  switch (kIsa) {
+    case Isa::kAvx512:
+      return "avx512";
+    case Isa::kAvx2:
+      return "avx2";
+    default:
+      return "scalar";
+  }
+}
+
+Nf4Weight quantize_nf4_cpu(const torch::Tensor& weight) {
+  TORCH_CHECK(weight.device().is_cpu() && weight.is_floating_point(),
+              "quantize_nf4_cpu: a CPU float tensor");
+  Nf4Weight w;
+  w.shape = weight.sizes().vec();
+  w.dtype = weight.scalar_type();
+  w.quant_map = nf4_code_table();
+  w.nested_quant_map = dynamic_map(true);
+  const torch::Tensor x = weight.reshape(-1).to(torch::kFloat32).contiguous();
+  const int64_t n = x.numel(), bs = w.blocksize, blocks = (n + bs - 1) / bs;
+  torch::Tensor absmax = torch::empty({blocks}, torch::kFloat32);
+  w.packed = torch::empty({(n + 1) / 2, 1}, torch::kUInt8);
+  const float* src = x.data_ptr<float>();
+  float* amax = absmax.data_ptr<float>();
+  uint8_t* packed = w.packed.data_ptr<uint8_t>();
+  const float* table = w.quant_map.data_ptr<float>();
+  at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+    uint8_t codes[kNf4BlockSize + 1];
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * bs, len = std::min(bs, n - first);
+      float m = 0.0f;  // max |x|; NaN if any element is NaN (torch's max propagates it)
+      for (int64_t i = 0; i < len; ++i) {
+        const float v = std::fabs(src[first + i]);
+        if (std::isnan(v)) {
+          m = v;
+          break;
+        }
+        m = v > m ? v : m;
+      }
+      amax[b] = m;
+      block_codes(src + first, len, 1.0f / m, table, codes);
+      if (len % 2) codes[len] = nearest_scalar(0.0f, table);  // the padding element of an odd tail
+      for (int64_t j = 0; j < (len + 1) / 2; ++j)
+        packed[(first >> 1) + j] = static_cast<uint8_t>((codes[2 * j] << 4) | codes[2 * j + 1]);
+    }
+  });
+  double_quantize_absmax(absmax, w);
+  return w;
+}
+
+torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w) {
+  TORCH_CHECK(w.packed.device().is_cpu(), "dequantize_nf4_cpu: CPU tensors");
+  const torch::Tensor absmax = dequantize_nf4_absmax(w).contiguous();
+  const int64_t n = w.numel(), bs = w.blocksize, blocks = absmax.numel();
+  const bool bf16 = w.dtype == torch::kBFloat16;
+  // The table as the reference uses it: cast to the output dtype first.
+  const torch::Tensor lut_t =
+      w.quant_map.to(bf16 ? torch::kBFloat16 : torch::kFloat32).to(torch::kFloat32).contiguous();
+  const float* lut = lut_t.data_ptr<float>();
+  torch::Tensor out = torch::empty({n}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  const uint8_t* packed = w.packed.data_ptr<uint8_t>();
+  const float* amax = absmax.data_ptr<float>();
+  at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t first = b * bs, len = std::min(bs, n - first);
+      if (bf16) {
+        dequant_block(packed, first, len, amax[b], lut,
+                      reinterpret_cast<uint16_t*>(out.data_ptr()) + first);
+      } else {
+        dequant_block(packed, first, len, amax[b], lut, out.data_ptr<float>() + first);
+      }
+    }
+  });
+  return (bf16 || w.dtype == torch::kFloat32 ? out : out.to(w.dtype)).view(w.shape);
+}
+
+}  // namespace gemma
