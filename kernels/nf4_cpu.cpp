@@ -1,7 +1,8 @@
 // The vectorized, multi-threaded CPU NF4 path (AVX-512 or AVX2, chosen at run time, with a scalar
 // fallback). Every step does what the reference does, in the same float32 operations, so the
-// results agree bit for bit: scale = x · (1/absmax) clamped to [-1, 1], code = first nearest table
-// entry by |scale - value|, and for bf16 output the table rounded to bf16 before scaling.
+// results agree bit for bit: scale = x · (1/max(absmax, 1e-38)) clamped to [-1, 1] (a division for
+// a partial last block), code = the number of table midpoints below it, and the float32 product
+// table · absmax rounded to the output dtype.
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 
@@ -36,80 +37,80 @@ uint16_t float_to_bf16(float f) {
 
 // ---- quantization: one block of up to 64 float32 values -> codes -------------------------------
 
-uint8_t nearest_scalar(float s, const float* table) {
-  uint8_t best = 0;
-  float best_d = std::fabs(s - table[0]);
-  for (int i = 1; i < 16; ++i) {
-    const float d = std::fabs(s - table[i]);
-    if (d < best_d) {
-      best_d = d;
-      best = static_cast<uint8_t>(i);
-    }
-  }
-  return best;
+// The number of the 15 midpoints strictly below s: the nearest code, ties to the lower one.
+uint8_t nearest_scalar(float s, const float* bounds) {
+  uint8_t code = 0;
+  for (int i = 0; i < 15; ++i) code += s > bounds[i];
+  return code;
 }
 
 float clamp_like_torch(float v) { return std::isnan(v) ? v : std::fmin(std::fmax(v, -1.0f), 1.0f); }
 
-void codes_scalar(const float* x, int64_t n, float inv, const float* table, uint8_t* codes) {
-  for (int64_t i = 0; i < n; ++i) codes[i] = nearest_scalar(clamp_like_torch(x[i] * inv), table);
+// Full blocks multiply by the reciprocal; the partial last block divides (as the reference does).
+float scaled_value(float x, float scale, bool divide) {
+  return clamp_like_torch(divide ? x / scale : x * scale);
 }
 
-__attribute__((target("avx512f,avx512bw"))) void codes_avx512(const float* x, int64_t n, float inv,
-                                                              const float* table, uint8_t* codes) {
+void codes_scalar(const float* x, int64_t n, float scale, bool divide, const float* bounds,
+                  uint8_t* codes) {
+  for (int64_t i = 0; i < n; ++i)
+    codes[i] = nearest_scalar(scaled_value(x[i], scale, divide), bounds);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void codes_avx512(const float* x, int64_t n,
+                                                              float scale, bool divide,
+                                                              const float* bounds, uint8_t* codes) {
   int64_t i = 0;
-  const __m512 vinv = _mm512_set1_ps(inv), lo = _mm512_set1_ps(-1.0f), hi = _mm512_set1_ps(1.0f);
-  for (; i + 16 <= n; i += 16) {
-    __m512 s = _mm512_mul_ps(_mm512_loadu_ps(x + i), vinv);
-    const __mmask16 nan = _mm512_cmp_ps_mask(s, s, _CMP_UNORD_Q);
-    s = _mm512_min_ps(_mm512_max_ps(s, lo), hi);
-    __m512 best_d = _mm512_abs_ps(_mm512_sub_ps(s, _mm512_set1_ps(table[0])));
-    __m512i best = _mm512_setzero_si512();
-    for (int c = 1; c < 16; ++c) {
-      const __m512 d = _mm512_abs_ps(_mm512_sub_ps(s, _mm512_set1_ps(table[c])));
-      const __mmask16 better = _mm512_cmp_ps_mask(d, best_d, _CMP_LT_OQ);
-      best_d = _mm512_mask_mov_ps(best_d, better, d);
-      best = _mm512_mask_mov_epi32(best, better, _mm512_set1_epi32(c));
+  if (!divide) {
+    const __m512 vscale = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-1.0f),
+                 hi = _mm512_set1_ps(1.0f);
+    for (; i + 16 <= n; i += 16) {
+      const __m512 s =
+          _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vscale), lo), hi);
+      __m512i code = _mm512_setzero_si512();
+      for (int c = 0; c < 15; ++c) {
+        const __mmask16 above = _mm512_cmp_ps_mask(s, _mm512_set1_ps(bounds[c]), _CMP_GT_OQ);
+        code = _mm512_mask_add_epi32(code, above, code, _mm512_set1_epi32(1));
+      }
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(code));
     }
-    best = _mm512_mask_mov_epi32(best, nan, _mm512_setzero_si512());  // NaN -> code 0, as argmin
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(best));
   }
-  codes_scalar(x + i, n - i, inv, table, codes + i);
+  codes_scalar(x + i, n - i, scale, divide, bounds, codes + i);
 }
 
-__attribute__((target("avx2,fma"))) void codes_avx2(const float* x, int64_t n, float inv,
-                                                    const float* table, uint8_t* codes) {
+__attribute__((target("avx2,fma"))) void codes_avx2(const float* x, int64_t n, float scale,
+                                                    bool divide, const float* bounds,
+                                                    uint8_t* codes) {
   int64_t i = 0;
-  const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-1.0f), hi = _mm256_set1_ps(1.0f);
-  const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  alignas(32) int32_t out[8];
-  for (; i + 8 <= n; i += 8) {
-    __m256 s = _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv);
-    const __m256 nan = _mm256_cmp_ps(s, s, _CMP_UNORD_Q);
-    s = _mm256_min_ps(_mm256_max_ps(s, lo), hi);
-    __m256 best_d = _mm256_and_ps(_mm256_sub_ps(s, _mm256_set1_ps(table[0])), sign);
-    __m256i best = _mm256_setzero_si256();
-    for (int c = 1; c < 16; ++c) {
-      const __m256 d = _mm256_and_ps(_mm256_sub_ps(s, _mm256_set1_ps(table[c])), sign);
-      const __m256 better = _mm256_cmp_ps(d, best_d, _CMP_LT_OQ);
-      best_d = _mm256_blendv_ps(best_d, d, better);
-      best = _mm256_blendv_epi8(best, _mm256_set1_epi32(c), _mm256_castps_si256(better));
+  if (!divide) {
+    const __m256 vscale = _mm256_set1_ps(scale), lo = _mm256_set1_ps(-1.0f),
+                 hi = _mm256_set1_ps(1.0f);
+    alignas(32) int32_t out[8];
+    for (; i + 8 <= n; i += 8) {
+      const __m256 s =
+          _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vscale), lo), hi);
+      __m256i code = _mm256_setzero_si256();
+      for (int c = 0; c < 15; ++c) {
+        // a true comparison is all ones (-1): subtracting it counts
+        code = _mm256_sub_epi32(
+            code, _mm256_castps_si256(_mm256_cmp_ps(s, _mm256_set1_ps(bounds[c]), _CMP_GT_OQ)));
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(out), code);
+      for (int k = 0; k < 8; ++k) codes[i + k] = static_cast<uint8_t>(out[k]);
     }
-    best = _mm256_andnot_si256(_mm256_castps_si256(nan), best);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(out), best);
-    for (int k = 0; k < 8; ++k) codes[i + k] = static_cast<uint8_t>(out[k]);
   }
-  codes_scalar(x + i, n - i, inv, table, codes + i);
+  codes_scalar(x + i, n - i, scale, divide, bounds, codes + i);
 }
 
-void block_codes(const float* x, int64_t n, float inv, const float* table, uint8_t* codes) {
+void block_codes(const float* x, int64_t n, float scale, bool divide, const float* bounds,
+                 uint8_t* codes) {
   switch (kIsa) {
     case Isa::kAvx512:
-      return codes_avx512(x, n, inv, table, codes);
+      return codes_avx512(x, n, scale, divide, bounds, codes);
     case Isa::kAvx2:
-      return codes_avx2(x, n, inv, table, codes);
+      return codes_avx2(x, n, scale, divide, bounds, codes);
     default:
-      return codes_scalar(x, n, inv, table, codes);
+      return codes_scalar(x, n, scale, divide, bounds, codes);
   }
 }
 
@@ -238,7 +239,10 @@ Nf4Weight quantize_nf4_cpu(const torch::Tensor& weight) {
   const float* src = x.data_ptr<float>();
   float* amax = absmax.data_ptr<float>();
   uint8_t* packed = w.packed.data_ptr<uint8_t>();
-  const float* table = w.quant_map.data_ptr<float>();
+  // Midpoints between neighbouring table entries, computed as the reference computes them.
+  const torch::Tensor bounds_t =
+      ((w.quant_map.narrow(0, 0, 15) + w.quant_map.narrow(0, 1, 15)) / 2).contiguous();
+  const float* bounds = bounds_t.data_ptr<float>();
   at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
     uint8_t codes[kNf4BlockSize + 1];
     for (int64_t b = begin; b < end; ++b) {
@@ -252,9 +256,12 @@ Nf4Weight quantize_nf4_cpu(const torch::Tensor& weight) {
         }
         m = v > m ? v : m;
       }
-      amax[b] = m;
-      block_codes(src + first, len, 1.0f / m, table, codes);
-      if (len % 2) codes[len] = nearest_scalar(0.0f, table);  // the padding element of an odd tail
+      // Scaling uses max(absmax, 1e-38); a partial last block also stores that clamped value.
+      const bool partial = len < bs;
+      const float clamped = std::isnan(m) ? m : std::fmax(m, 1e-38f);
+      amax[b] = partial ? clamped : m;
+      block_codes(src + first, len, partial ? clamped : 1.0f / clamped, partial, bounds, codes);
+      if (len % 2) codes[len] = nearest_scalar(0.0f, bounds);  // the padding element of an odd tail
       for (int64_t j = 0; j < (len + 1) / 2; ++j)
         packed[(first >> 1) + j] = static_cast<uint8_t>((codes[2 * j] << 4) | codes[2 * j + 1]);
     }
@@ -268,9 +275,7 @@ torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w) {
   const torch::Tensor absmax = dequantize_nf4_absmax(w).contiguous();
   const int64_t n = w.numel(), bs = w.blocksize, blocks = absmax.numel();
   const bool bf16 = w.dtype == torch::kBFloat16;
-  // The table as the reference uses it: cast to the output dtype first.
-  const torch::Tensor lut_t =
-      w.quant_map.to(bf16 ? torch::kBFloat16 : torch::kFloat32).to(torch::kFloat32).contiguous();
+  const torch::Tensor lut_t = w.quant_map.to(torch::kFloat32).contiguous();
   const float* lut = lut_t.data_ptr<float>();
   torch::Tensor out = torch::empty({n}, bf16 ? torch::kBFloat16 : torch::kFloat32);
   const uint8_t* packed = w.packed.data_ptr<uint8_t>();

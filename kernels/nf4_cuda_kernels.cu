@@ -11,34 +11,27 @@ namespace {
 
 constexpr int kBlock = 64;
 
-__device__ unsigned char nearest(float s, const float* table) {
-  // clamp as torch does (NaN stays NaN and then maps to code 0, as argmin over NaNs)
-  if (!(s != s)) s = fminf(fmaxf(s, -1.0f), 1.0f);
-  unsigned char best = 0;
-  float best_d = fabsf(s - table[0]);
-  for (int i = 1; i < 16; ++i) {
-    const float d = fabsf(s - table[i]);
-    if (d < best_d) {
-      best_d = d;
-      best = static_cast<unsigned char>(i);
-    }
-  }
-  return best;
+// The number of midpoints strictly below s: the nearest code, ties to the lower one.
+__device__ unsigned char nearest(float s, const float* bounds) {
+  unsigned char code = 0;
+  for (int i = 0; i < 15; ++i) code += s > bounds[i];
+  return code;
 }
 
-__global__ void quantize_kernel(const float* x, long long n, const float* table, float* absmax,
+__device__ float clamp_like_torch(float v) { return v != v ? v : fminf(fmaxf(v, -1.0f), 1.0f); }
+
+__global__ void quantize_kernel(const float* x, long long n, const float* bounds, float* absmax,
                                 unsigned char* packed) {
   __shared__ float shared_max[kBlock / 2];
-  __shared__ float s_table[16];
+  __shared__ float s_bounds[15];
   const long long block = blockIdx.x;
   const long long first = block * kBlock;
   const int t = threadIdx.x;  // 32 threads, two elements each
-  if (t < 16) s_table[t] = table[t];
+  if (t < 15) s_bounds[t] = bounds[t];
   const long long i0 = first + 2 * t, i1 = i0 + 1;
   const float a = i0 < n ? x[i0] : 0.0f, b = i1 < n ? x[i1] : 0.0f;
   const float fa = fabsf(a), fb = fabsf(b);
-  float m = (fa != fa || fb != fb) ? __int_as_float(0x7fc00000) : fmaxf(fa, fb);
-  shared_max[t] = m;
+  shared_max[t] = (fa != fa || fb != fb) ? __int_as_float(0x7fc00000) : fmaxf(fa, fb);
   __syncthreads();
   for (int stride = 16; stride > 0; stride >>= 1) {
     if (t < stride) {
@@ -47,12 +40,19 @@ __global__ void quantize_kernel(const float* x, long long n, const float* table,
     }
     __syncthreads();
   }
-  const float amax = shared_max[0];
-  if (t == 0) absmax[block] = amax;
-  const float inv = 1.0f / amax;
+  const float m = shared_max[0];
+  // As the reference: scale by 1/max(absmax, 1e-38); a partial last block divides and stores the
+  // clamped value.
+  const bool partial = first + kBlock > n;
+  const float clamped = m != m ? m : fmaxf(m, 1e-38f);
+  if (t == 0) absmax[block] = partial ? clamped : m;
+  const float inv = 1.0f / clamped;
   if (i0 < n) {
-    const unsigned char hi = nearest(a * inv, s_table);
-    const unsigned char lo = i1 < n ? nearest(b * inv, s_table) : nearest(0.0f, s_table);
+    const float sa = clamp_like_torch(partial ? a / clamped : a * inv);
+    const unsigned char hi = nearest(sa, s_bounds);
+    const unsigned char lo =
+        i1 < n ? nearest(clamp_like_torch(partial ? b / clamped : b * inv), s_bounds)
+               : nearest(0.0f, s_bounds);
     packed[i0 >> 1] = static_cast<unsigned char>((hi << 4) | lo);
   }
 }
@@ -84,12 +84,12 @@ __global__ void dequantize_kernel(const unsigned char* packed, const float* absm
 
 }  // namespace
 
-void launch_nf4_quantize(const float* x, int64_t n, const float* table, float* absmax,
+void launch_nf4_quantize(const float* x, int64_t n, const float* bounds, float* absmax,
                          uint8_t* packed, void* stream) {
   const long long blocks = (n + kBlock - 1) / kBlock;
   if (blocks == 0) return;
   quantize_kernel<<<static_cast<unsigned>(blocks), kBlock / 2, 0,
-                    static_cast<cudaStream_t>(stream)>>>(x, n, table, absmax, packed);
+                    static_cast<cudaStream_t>(stream)>>>(x, n, bounds, absmax, packed);
 }
 
 void launch_nf4_dequantize(const uint8_t* packed, const float* absmax, const float* lut, int64_t n,

@@ -47,7 +47,7 @@ torch::Tensor dequantize_nf4_cuda(const Nf4Weight& w) {
   const bool bf16 = w.dtype == torch::kBFloat16;
   TORCH_CHECK(bf16 || w.dtype == torch::kFloat32, "dequantize_nf4_cuda: bf16 or f32 output");
   const torch::Tensor absmax = dequantize_nf4_absmax(w).contiguous();
-  const torch::Tensor lut = w.quant_map.to(w.dtype).to(torch::kFloat32).contiguous();
+  const torch::Tensor lut = w.quant_map.to(torch::kFloat32).contiguous();
   torch::Tensor out = torch::empty({w.numel()}, w.packed.options().dtype(w.dtype));
   cuda::launch_nf4_dequantize(w.packed.data_ptr<uint8_t>(), absmax.data_ptr<float>(),
                               lut.data_ptr<float>(), w.numel(),

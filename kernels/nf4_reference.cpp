@@ -14,30 +14,34 @@ constexpr uint32_t kNf4Bits[16] = {
     0xbf800000, 0xbf3239b1, 0xbf066b30, 0xbeca32a0, 0xbe91a24d, 0xbe3d353f, 0xbdba7871, 0x00000000,
     0x3da2faff, 0x3e24cae3, 0x3e7c04dd, 0x3ead033a, 0x3ee1a4b8, 0x3f1007ab, 0x3f3913b3, 0x3f800000};
 
-// Per-block absmax of a flat float32 tensor, and the elements scaled to [-1, 1] by it (1/absmax
-// then multiply, as bitsandbytes does). The last block may be partial.
+// Per-block absmax of a flat float32 tensor and the elements scaled to [-1, 1], exactly as
+// bitsandbytes' reference does it: full blocks multiply by 1/max(absmax, 1e-38), a partial last
+// block divides by its (clamped) absmax, which is also what it stores for that block.
 std::pair<torch::Tensor, torch::Tensor> scale_blocks(const torch::Tensor& flat, int64_t blocksize) {
   const int64_t n = flat.numel(), full = n / blocksize, rem = n % blocksize;
-  torch::Tensor absmax =
-      torch::zeros({full + (rem ? 1 : 0)}, flat.options().dtype(torch::kFloat32));
-  std::vector<torch::Tensor> scaled;
+  std::vector<torch::Tensor> absmax, scaled;
   if (full > 0) {
     const torch::Tensor blocks = flat.narrow(0, 0, full * blocksize).view({full, blocksize});
-    absmax.narrow(0, 0, full).copy_(blocks.abs().amax(-1));
-    const torch::Tensor inv = 1 / absmax.narrow(0, 0, full).view({-1, 1});
-    scaled.push_back(torch::clamp(blocks * inv, -1, 1).reshape(-1));
+    const torch::Tensor m = blocks.abs().amax(-1);
+    absmax.push_back(m);
+    scaled.push_back(
+        torch::clamp(blocks * (1.0 / m.clamp_min(1e-38).view({-1, 1})), -1, 1).reshape(-1));
   }
   if (rem) {
     const torch::Tensor tail = flat.narrow(0, full * blocksize, rem);
-    absmax[full] = tail.abs().max();
-    scaled.push_back(torch::clamp(tail * (1 / absmax[full]), -1, 1));
+    const torch::Tensor m = tail.abs().max().clamp_min(1e-38);
+    absmax.push_back(m.unsqueeze(0));
+    scaled.push_back(torch::clamp(tail / m, -1, 1));
   }
-  return {absmax, torch::cat(scaled)};
+  return {torch::cat(absmax), torch::cat(scaled)};
 }
 
-// Index of the nearest table entry (first one on ties), as argmin(|x - code|).
+// Index of the nearest table entry: the number of midpoints strictly below x (ties go to the
+// lower code), as torch.bucketize(x, midpoints).
 torch::Tensor nearest_code(const torch::Tensor& x, const torch::Tensor& code) {
-  return (x.unsqueeze(-1) - code).abs().argmin(-1).to(torch::kUInt8);
+  const int64_t k = code.numel();
+  const torch::Tensor bounds = (code.narrow(0, 0, k - 1) + code.narrow(0, 1, k - 1)) / 2;
+  return torch::bucketize(x, bounds).to(torch::kUInt8);
 }
 
 }  // namespace
@@ -131,11 +135,11 @@ torch::Tensor dequantize_nf4_reference(const Nf4Weight& w) {
           .reshape(-1)
           .narrow(0, 0, n)
           .to(torch::kLong);
-  // bitsandbytes casts the table to the output dtype before scaling, then casts the product back.
-  const torch::Tensor values = w.quant_map.to(w.dtype).index({codes});
+  // float32 table times float32 absmax, then the product cast to the output dtype.
+  const torch::Tensor values = w.quant_map.to(torch::kFloat32).index({codes});
   const torch::Tensor absmax = dequantize_nf4_absmax(w);
   const int64_t full = n / w.blocksize, rem = n % w.blocksize;
-  torch::Tensor out = torch::empty({n}, values.options());
+  torch::Tensor out = torch::empty({n}, values.options().dtype(w.dtype));
   if (full) {
     out.narrow(0, 0, full * w.blocksize)
         .copy_((values.narrow(0, 0, full * w.blocksize).view({full, w.blocksize}) *

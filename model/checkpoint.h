@@ -40,7 +40,7 @@ class CheckpointReader {
 };
 
 // One tensor to write; `make` produces it when its shard is written, so a whole checkpoint never
-// needs to sit in memory at once.
+// needs to sit in memory at once. `shape` plans the shards; the file records what `make` returns.
 struct CheckpointTensor {
   std::string key;
   std::vector<int64_t> shape;

@@ -1,10 +1,12 @@
 #include "model/gemma4_checkpoint.h"
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
 
 #include "model/atomic_output.h"
+#include "model/bnb_nf4_format.h"
 #include "model/checkpoint.h"
 #include "model/input_error.h"
 #include "model/linear.h"
@@ -118,6 +120,17 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
   for (auto& [name, tensor] : state_of(out.model)) {
     const std::string key = checkpoint_key(name, report.prefix);
     const std::vector<int64_t> expected = tensor.sizes().vec();
+    if (has_bnb_nf4(reader, key)) {
+      // A bitsandbytes 4-bit checkpoint: dequantized into the model's dtype.
+      const Nf4Weight q = read_bnb_nf4(reader, key, dir.string());
+      if (q.shape != expected) {
+        throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " +
+                         shape_text(q.shape) + ", expected " + shape_text(expected));
+      }
+      tensor.copy_(dequantize_nf4(q));
+      for (const std::string& part : bnb_nf4_keys(key)) used.insert(part);
+      continue;
+    }
     if (!reader.contains(key)) {
       throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
                        shape_text(expected) + ")");
@@ -221,6 +234,101 @@ void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir,
     write_file_atomically(tmp / "config.json",
                           gemma4_config_to_json(config, options.text_only, dtype_name));
     write_file_atomically(tmp / "generation_config.json", generation.dump(2) + "\n");
+  });
+}
+
+namespace {
+
+// The decoder's Linear weights, the ones bitsandbytes stores in 4 bits: every 2-D tensor of the
+// layout but the two embedding tables (transformers replaces every nn.Linear but lm_head).
+std::set<std::string> linear_weight_names(const Gemma4Config& config) {
+  std::set<std::string> out;
+  for (const Gemma4TensorInfo& info : gemma4_checkpoint_layout(config)) {
+    if (info.shape.size() == 2 && info.name != "embed_tokens.weight" &&
+        info.name != "embed_tokens_per_layer.weight") {
+      out.insert(info.name);
+    }
+  }
+  return out;
+}
+
+std::string read_text_file(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string() + ": cannot open");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+
+void quantize_gemma4_checkpoint(const fs::path& in_dir, const fs::path& out_dir,
+                                uint64_t shard_bytes) {
+  const Gemma4Config config = load_gemma4_config((in_dir / "config.json").string());
+  nlohmann::json config_json = nlohmann::json::parse(read_text_file(in_dir / "config.json"));
+  if (config_json.contains("quantization_config")) {
+    throw InputError((in_dir / "config.json").string() +
+                     ": already has a quantization_config (already quantized?)");
+  }
+  const CheckpointReader reader(in_dir);
+  const std::string prefix = detect_gemma4_prefix(reader, in_dir);
+  const std::set<std::string> linear = linear_weight_names(config);
+
+  // The parts of one quantized weight are written one after another; quantize each weight once.
+  struct Quantized {
+    std::string key;
+    std::vector<std::pair<std::string, torch::Tensor>> parts;
+  };
+  auto last = std::make_shared<Quantized>();
+  std::vector<CheckpointTensor> tensors;
+  std::string compute_dtype = "bfloat16";
+  for (const std::string& key : reader.keys()) {
+    const SafetensorsEntry& e = reader.entry(key);
+    const bool quantize = key.rfind(prefix, 0) == 0 && linear.count(key.substr(prefix.size())) != 0;
+    if (!quantize) {
+      tensors.push_back(
+          {key, e.shape, e.dtype, [&reader, key] { return reader.view(key).clone(); }});
+      continue;
+    }
+    if (e.dtype == torch::kFloat32) compute_dtype = "float32";
+    int64_t n = 1;
+    for (int64_t d : e.shape) n *= d;
+    const int64_t blocks = (n + kNf4BlockSize - 1) / kNf4BlockSize;
+    const std::vector<std::vector<int64_t>> shapes = {
+        {(n + 1) / 2, 1},
+        {blocks},
+        {16},
+        {(blocks + kNf4NestedBlockSize - 1) / kNf4NestedBlockSize},
+        {256},
+        {200}};
+    const std::vector<torch::ScalarType> dtypes = {torch::kUInt8,   torch::kUInt8,
+                                                   torch::kFloat32, torch::kFloat32,
+                                                   torch::kFloat32, torch::kUInt8};
+    const auto keys = bnb_nf4_keys(key);
+    for (size_t part = 0; part < keys.size(); ++part) {
+      tensors.push_back({keys[part], shapes[part], dtypes[part], [&reader, key, part, last] {
+                           if (last->key != key) {
+                             last->key = key;
+                             last->parts = bnb_nf4_tensors(key, quantize_nf4(reader.view(key)));
+                             reader.release(key);
+                           }
+                           return last->parts[part].second;
+                         }});
+    }
+  }
+  config_json["quantization_config"] = bnb_quantization_config(compute_dtype);
+  write_folder_atomically(out_dir, [&](const fs::path& tmp) {
+    write_checkpoint(tmp, tensors, shard_bytes);
+    write_file_atomically(tmp / "config.json", config_json.dump(2) + "\n");
+    for (const auto& entry : fs::directory_iterator(in_dir)) {
+      const std::string name = entry.path().filename().string();
+      const bool weights =
+          name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;
+      if (entry.is_regular_file() && !weights && name != "config.json" &&
+          name != kCheckpointIndexFile) {
+        fs::copy_file(entry.path(), tmp / name);
+      }
+    }
   });
 }
 

@@ -69,6 +69,14 @@ struct Gemma4SaveOptions {
 void save_gemma4(Gemma4ForCausalLM& model, const std::filesystem::path& out_dir,
                  const Gemma4SaveOptions& options);
 
+// Writes `in_dir` as a bitsandbytes NF4 (double-quant) checkpoint in `out_dir` (which must not
+// exist): every decoder Linear weight in bitsandbytes' 4-bit keys, everything else as it was,
+// `quantization_config` added to config.json, the other files (tokenizer, generation config)
+// copied. Streams tensor by tensor.
+void quantize_gemma4_checkpoint(const std::filesystem::path& in_dir,
+                                const std::filesystem::path& out_dir,
+                                uint64_t shard_bytes = 5'000'000'000);
+
 // Fills every parameter and buffer with random values from `seed`: matrices ~ N(0, config
 // initializer_range), vectors (norm weights, scales, layer_scalar) ~ 1 + N(0, 0.1). Never zeros.
 void randomize_gemma4(Gemma4ForCausalLM& model, uint64_t seed);

@@ -22,6 +22,7 @@ constexpr const char* kUsage =
     "  logits  --model <dir> --ids <id,id,...> --out <file> [--dtype f32|bf16] [--device "
     "cpu|cuda]\n"
     "  info    --model <dir>\n"
+    "  quantize --model <dir> --out <dir> [--shard-size MB]\n"
     "  generate --model <dir> (--prompt TEXT | --messages FILE.json | --input prompts.jsonl "
     "--output out.jsonl)\n"
     "           [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--raw] "
@@ -67,6 +68,7 @@ int main(int argc, char** argv) {
     if (command == "init") return gemma::run_init_command(args);
     if (command == "logits") return gemma::run_logits_command(args);
     if (command == "info") return gemma::run_info_command(args);
+    if (command == "quantize") return gemma::run_quantize_command(args);
     if (command == "generate") return gemma::run_generate_command(args);
     if (command == "chat") return gemma::run_chat_command(args);
     if (command == "tokenize") return gemma::run_tokenize_command(args);

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "model/atomic_output.h"
+#include "model/bnb_nf4_format.h"
 #include "model/checkpoint.h"
 #include "model/gemma4_checkpoint.h"
 #include "model/gemma4_config.h"
@@ -126,6 +127,17 @@ int run_logits_command(const std::vector<std::string>& args) {
   return 0;
 }
 
+int run_quantize_command(const std::vector<std::string>& args) {
+  const CliFlags flags("quantize", args, {"model", "out", "shard-size"});
+  const int64_t shard_mb = flags.integer_or("shard-size", 5000);
+  if (shard_mb <= 0) throw InputError("quantize: --shard-size expects a positive number of MB");
+  const fs::path out = flags.required("out");
+  quantize_gemma4_checkpoint(flags.required("model"), out,
+                             static_cast<uint64_t>(shard_mb) * 1000 * 1000);
+  std::cout << "wrote " << out.string() << " (NF4 double-quant, bitsandbytes layout)\n";
+  return 0;
+}
+
 int run_info_command(const std::vector<std::string>& args) {
   const CliFlags flags("info", args, {"model"});
   const fs::path dir = flags.required("model");
@@ -154,12 +166,18 @@ int run_info_command(const std::vector<std::string>& args) {
             << "\n";
 
   std::set<std::string> used;
-  int64_t total = 0, embeddings = 0, ple = 0;
+  int64_t total = 0, embeddings = 0, ple = 0, quantized = 0;
   for (const Gemma4TensorInfo& info : gemma4_checkpoint_layout(c)) {
     if (!info.used) continue;
     const std::string key = prefix + info.name;
-    if (!reader.contains(key)) throw InputError(dir.string() + ": missing tensor \"" + key + "\"");
-    used.insert(key);
+    if (has_bnb_nf4(reader, key)) {
+      for (const std::string& part : bnb_nf4_keys(key)) used.insert(part);
+      ++quantized;
+    } else if (reader.contains(key)) {
+      used.insert(key);
+    } else {
+      throw InputError(dir.string() + ": missing tensor \"" + key + "\"");
+    }
     const int64_t n = numel_of(info.shape);
     total += n;
     if (info.name == "embed_tokens.weight") embeddings += n;
@@ -173,7 +191,10 @@ int run_info_command(const std::vector<std::string>& args) {
             << ", decoder excluding both " << (total - embeddings - ple) << "\n";
   std::cout << "checkpoint: prefix \"" << prefix << "\", "
             << (reader.sharded() ? "sharded" : "single file") << ", lm_head "
-            << (reader.contains("lm_head.weight") ? "from file" : "tied to embed_tokens") << "\n";
+            << (reader.contains("lm_head.weight") ? "from file" : "tied to embed_tokens")
+            << (quantized ? ", " + std::to_string(quantized) + " Linear weights in bitsandbytes NF4"
+                          : std::string())
+            << "\n";
   std::map<std::string, int> ignored;  // by the key's first two components
   for (const std::string& key : reader.keys()) {
     if (used.count(key)) continue;

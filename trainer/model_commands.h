@@ -10,5 +10,6 @@ namespace gemma {
 int run_init_command(const std::vector<std::string>& args);
 int run_logits_command(const std::vector<std::string>& args);
 int run_info_command(const std::vector<std::string>& args);
+int run_quantize_command(const std::vector<std::string>& args);
 
 }  // namespace gemma

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../.."
 seconds=${1:-60}
 out=build/fuzz
 mkdir -p "$out"
-flags=(-std=c++17 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. -I/usr/include)
+flags=(-std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I. -I/usr/include)
 torch_prefix=$(.venv/bin/python -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 torch_flags=(-I"$torch_prefix/include" -I"$torch_prefix/include/torch/csrc/api/include" -D_GLIBCXX_USE_CXX11_ABI=1
              -L"$torch_prefix/lib" -Wl,-rpath,"$torch_prefix/lib" -ltorch -ltorch_cpu -lc10)
