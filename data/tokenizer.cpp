@@ -13,14 +13,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string read_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path.string() + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 std::shared_ptr<sentencepiece::SentencePieceProcessor> load_proto(const std::string& bytes,
                                                                   const std::string& where) {
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
@@ -43,12 +35,12 @@ Tokenizer Tokenizer::from_folder(const fs::path& dir) {
 
 Tokenizer Tokenizer::from_hf_json(const fs::path& path) {
   const SentencePieceModelSpec spec =
-      sentencepiece_spec_from_hf_json(read_file(path), path.string());
+      sentencepiece_spec_from_hf_json(read_text_file(path), path.string());
   return Tokenizer(load_proto(serialize_sentencepiece_model(spec), path.string()), path.string());
 }
 
 Tokenizer Tokenizer::from_sentencepiece_model(const fs::path& path) {
-  return Tokenizer(load_proto(read_file(path), path.string()), path.string());
+  return Tokenizer(load_proto(read_text_file(path), path.string()), path.string());
 }
 
 std::vector<int> Tokenizer::encode(const std::string& text) const {

@@ -19,12 +19,9 @@ CheckpointReader::CheckpointReader(const fs::path& dir) {
   if (fs::exists(index_path)) {
     sharded_ = true;
     const std::string where = index_path.string();
-    std::ifstream in(index_path, std::ios::binary);
-    std::stringstream text;
-    text << in.rdbuf();
     json index;
     try {
-      index = json::parse(text.str());
+      index = json::parse(read_text_file(index_path));
     } catch (const json::exception& e) {
       throw InputError(where + ": not valid JSON: " + e.what());
     }

@@ -252,14 +252,6 @@ std::set<std::string> linear_weight_names(const Gemma4Config& config) {
   return out;
 }
 
-std::string read_text_file(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path.string() + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 void quantize_gemma4_checkpoint(const fs::path& in_dir, const fs::path& out_dir,

@@ -338,11 +338,7 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
 }
 
 Gemma4Config load_gemma4_config(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return parse_gemma4_config(ss.str(), path);
+  return parse_gemma4_config(read_text_file(path), path);
 }
 
 std::string gemma4_config_to_json(const Gemma4Config& c, bool text_only, const std::string& dtype) {

@@ -29,12 +29,9 @@ std::optional<std::vector<int64_t>> read_generation_stop_ids(
     const std::filesystem::path& model_dir) {
   const auto path = model_dir / "generation_config.json";
   if (!std::filesystem::exists(path)) return std::nullopt;
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream text;
-  text << in.rdbuf();
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(text.str());
+    j = nlohmann::json::parse(read_text_file(path));
   } catch (const nlohmann::json::exception& e) {
     throw InputError(path.string() + ": not valid JSON: " + e.what());
   }

@@ -4,6 +4,9 @@
 // TORCH_CHECK stays for internal invariants only (style.md §12).
 #pragma once
 
+#include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -13,5 +16,15 @@ class InputError : public std::runtime_error {
  public:
   explicit InputError(const std::string& message) : std::runtime_error(message) {}
 };
+
+// The whole of a (small) input file: a config, an index, a tokenizer, a messages file. An
+// InputError names the file when it cannot be read.
+inline std::string read_text_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw InputError(path.string() + ": cannot open");
+  std::ostringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
 
 }  // namespace gemma

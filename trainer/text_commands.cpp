@@ -21,14 +21,6 @@ using json = nlohmann::json;
 
 namespace {
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw InputError(path.string() + ": cannot open");
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 double parse_number(const CliFlags& flags, const std::string& name, double fallback) {
   const auto v = flags.optional(name);
   if (!v) return fallback;
@@ -47,7 +39,7 @@ ChatOptions template_options(const fs::path& model_dir) {
   ChatOptions options;
   const fs::path file = model_dir / "chat_template.jinja";
   if (!fs::exists(file)) return options;
-  const ChatTemplateInspection inspection = inspect_chat_template(read_text(file));
+  const ChatTemplateInspection inspection = inspect_chat_template(read_text_file(file));
   options.empty_thought_channel = inspection.empty_thought_channel;
   if (!inspection.note.empty())
     std::cerr << "gemma-train: note: " << file.string() << ": " << inspection.note << "\n";
@@ -260,8 +252,8 @@ int run_generate_command(const std::vector<std::string>& args) {
     prompt = prompt_ids(m, flags.required("prompt"), flags.has("raw"), flags.has("thinking"));
   } else {
     const std::string path = flags.required("messages");
-    ChatRequest request = parse_chat_request(read_text(path), path);
-    if (!json::parse(read_text(path)).contains("add_generation_prompt"))
+    ChatRequest request = parse_chat_request(read_text_file(path), path);
+    if (!json::parse(read_text_file(path)).contains("add_generation_prompt"))
       request.options.add_generation_prompt = true;
     prompt = messages_ids(m, request, flags.has("thinking"));
   }
@@ -349,7 +341,7 @@ int run_tokenize_command(const std::vector<std::string>& args) {
     for (int id : tokenizer.encode(flags.required("text"))) ids.push_back(id);
   } else {
     const std::string path = flags.required("messages");
-    ChatRequest request = parse_chat_request(read_text(path), path);
+    ChatRequest request = parse_chat_request(read_text_file(path), path);
     request.options.empty_thought_channel =
         template_options(flags.required("model")).empty_thought_channel;
     ids = tokenize_chat(render_chat(request.messages, request.options), tokenizer).ids;
