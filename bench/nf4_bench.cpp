@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstring>
+#include <thread>
 
 #include "kernels/nf4.h"
 
@@ -84,4 +85,10 @@ BENCHMARK(BM_MatmulNf4Bf16)->UseRealTime()->Unit(benchmark::kMillisecond);
 }  // namespace
 }  // namespace gemma
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));  // platform.md, trap 2
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  return 0;
+}
