@@ -72,12 +72,22 @@ void BM_MatmulNf4Bf16(benchmark::State& state) {
   torch::manual_seed(0);
   const torch::Tensor x = torch::randn({512, kCols}).to(torch::kBFloat16);
   const Nf4Weight& w = weight(torch::kBFloat16);
-  for (auto _ : state) benchmark::DoNotOptimize(torch::nn::functional::linear(x, dequantize_nf4(w)));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(torch::nn::functional::linear(x, dequantize_nf4(w)));
 }
 
-BENCHMARK(BM_Memcpy)->Arg(static_cast<int>(torch::kFloat32))->Arg(static_cast<int>(torch::kBFloat16))->UseRealTime();
-BENCHMARK(BM_DequantizeReference)->Arg(static_cast<int>(torch::kFloat32))->Arg(static_cast<int>(torch::kBFloat16))->UseRealTime();
-BENCHMARK(BM_DequantizeCpu)->Arg(static_cast<int>(torch::kFloat32))->Arg(static_cast<int>(torch::kBFloat16))->UseRealTime();
+BENCHMARK(BM_Memcpy)
+    ->Arg(static_cast<int>(torch::kFloat32))
+    ->Arg(static_cast<int>(torch::kBFloat16))
+    ->UseRealTime();
+BENCHMARK(BM_DequantizeReference)
+    ->Arg(static_cast<int>(torch::kFloat32))
+    ->Arg(static_cast<int>(torch::kBFloat16))
+    ->UseRealTime();
+BENCHMARK(BM_DequantizeCpu)
+    ->Arg(static_cast<int>(torch::kFloat32))
+    ->Arg(static_cast<int>(torch::kBFloat16))
+    ->UseRealTime();
 BENCHMARK(BM_QuantizeCpu)->UseRealTime();
 BENCHMARK(BM_MatmulDenseBf16)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatmulNf4Bf16)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -86,7 +96,8 @@ BENCHMARK(BM_MatmulNf4Bf16)->UseRealTime()->Unit(benchmark::kMillisecond);
 }  // namespace gemma
 
 int main(int argc, char** argv) {
-  at::set_num_threads(static_cast<int>(std::thread::hardware_concurrency()));  // platform.md, trap 2
+  at::set_num_threads(
+      static_cast<int>(std::thread::hardware_concurrency()));  // platform.md, trap 2
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::RunSpecifiedBenchmarks();
