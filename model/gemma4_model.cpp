@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "model/attention_mask.h"
+#include "model/gradient_checkpointing.h"
 #include "model/rotary_embedding.h"
 
 namespace gemma {
@@ -120,8 +121,12 @@ torch::Tensor Gemma4TextModelImpl::forward(const Gemma4Input& input, KvCache* ca
   SharedKv shared;
   for (int i = 0; i < c.num_hidden_layers; ++i) {
     const torch::Tensor layer_ple = ple.defined() ? ple.select(2, i) : torch::Tensor();
-    h = layer_list_[i]->forward(h, layer_ple, per_type[static_cast<int>(c.layers[i].type)], shared,
-                                cache);
+    const LayerTypeInputs& inputs = per_type[static_cast<int>(c.layers[i].type)];
+    if (gradient_checkpointing_ && cache == nullptr && torch::GradMode::is_enabled()) {
+      h = checkpointed_layer_forward(*layer_list_[i], h, layer_ple, inputs, shared);
+    } else {
+      h = layer_list_[i]->forward(h, layer_ple, inputs, shared, cache);
+    }
   }
   if (cache != nullptr) cache->commit(valid);
   return norm(h);

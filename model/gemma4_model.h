@@ -42,6 +42,10 @@ class Gemma4TextModelImpl : public torch::nn::Module {
   // Moves everything but the PLE table to `device`.
   void place_on(const torch::Device& device);
 
+  // Recompute each decoder layer in backward instead of keeping its activations (training
+  // without a cache only; a forward with a cache or without gradients runs plainly).
+  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+
   const Gemma4Config& config() const { return config_; }
 
   EmbeddingTable embed_tokens{nullptr};
@@ -57,6 +61,7 @@ class Gemma4TextModelImpl : public torch::nn::Module {
   Gemma4Config config_;
   std::vector<Gemma4DecoderLayer> layer_list_;
   torch::Tensor inv_freq_sliding_, inv_freq_full_;
+  bool gradient_checkpointing_ = false;
 };
 TORCH_MODULE(Gemma4TextModel);
 

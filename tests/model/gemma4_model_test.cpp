@@ -239,3 +239,47 @@ TEST(Gemma4Model, Bf16ComputeStaysCloseToF32) {
 
 }  // namespace
 }  // namespace gemma
+
+namespace gemma {
+namespace {
+
+// Gradient checkpointing on and off give the same gradients for every parameter, KV-sharing
+// sources included (their gradient must still arrive from the shared layers).
+TEST(Gemma4Model, GradientCheckpointingGivesTheSameGradients) {
+  for (const char* name : {"tiny-e2b", "tiny-moe"}) {
+    SCOPED_TRACE(name);
+    const Gemma4Config c = testing::bundled_config(name);
+    Gemma4ForCausalLM model = testing::random_model(c, 12);
+    const torch::Tensor ids = testing::random_ids(2, 11, c.vocab_size, 13);
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(14);
+    const torch::Tensor probe = torch::randn({2, 11, c.vocab_size}, gen, torch::kFloat32);
+    std::map<std::string, torch::Tensor> plain;
+    for (bool checkpointing : {false, true}) {
+      model->model->set_gradient_checkpointing(checkpointing);
+      model->zero_grad();
+      Gemma4Input in;
+      in.input_ids = ids;
+      (model->forward(in) * probe).sum().backward();
+      for (const auto& p : model->named_parameters()) {
+        ASSERT_TRUE(p.value().grad().defined()) << p.key();
+        if (!checkpointing) {
+          plain[p.key()] = p.value().grad().clone();
+        } else {
+          EXPECT_TRUE(torch::allclose(p.value().grad(), plain[p.key()], 1e-4, 1e-6)) << p.key();
+        }
+      }
+    }
+    // The KV source of the shared layers did get a gradient through them.
+    if (c.num_kv_shared_layers > 0) {
+      const int source = c.layers.back().kv_source;
+      EXPECT_GT(plain["model.layers." + std::to_string(source) + ".self_attn.k_proj.weight"]
+                    .abs()
+                    .max()
+                    .item<float>(),
+                0);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace gemma

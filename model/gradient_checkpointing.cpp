@@ -1,0 +1,93 @@
+#include "model/gradient_checkpointing.h"
+
+namespace gemma {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Runs the layer once: returns {output, k, v} (k and v undefined unless the layer is a KV source).
+variable_list run_layer(Gemma4DecoderLayerImpl& layer, const torch::Tensor& x,
+                        const torch::Tensor& ple, const LayerTypeInputs& inputs,
+                        const torch::Tensor& source_k, const torch::Tensor& source_v) {
+  const Gemma4LayerSpec& spec = layer.self_attn->options().spec;
+  const int index = layer.self_attn->options().layer_index;
+  SharedKv shared;
+  if (spec.kv_shared) shared[spec.kv_source] = {source_k, source_v};
+  torch::Tensor out = layer.forward(x, ple, inputs, shared, nullptr);
+  if (spec.stores_kv) return {out, shared.at(index).first, shared.at(index).second};
+  return {out};
+}
+
+// Custom autograd functions take defined tensors only: an absent input travels as an empty one.
+torch::Tensor to_placeholder(const torch::Tensor& t) { return t.defined() ? t : torch::empty({0}); }
+torch::Tensor from_placeholder(const torch::Tensor& t) {
+  return t.numel() == 0 ? torch::Tensor() : t;
+}
+
+class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
+ public:
+  static variable_list forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor ple,
+                               torch::Tensor source_k, torch::Tensor source_v, torch::Tensor mask,
+                               torch::Tensor cos, torch::Tensor sin,
+                               Gemma4DecoderLayerImpl* layer) {
+    const LayerTypeInputs inputs{{cos, sin}, mask};
+    variable_list out;
+    {
+      torch::NoGradGuard no_grad;  // nothing inside the layer is kept for backward
+      out = run_layer(*layer, x, from_placeholder(ple), inputs, from_placeholder(source_k),
+                      from_placeholder(source_v));
+    }
+    ctx->save_for_backward({x, ple, source_k, source_v, mask, cos, sin});
+    ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    auto* layer = reinterpret_cast<Gemma4DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
+    // Recompute with gradients on, from detached copies of the inputs.
+    const auto leaf = [](const torch::Tensor& placeholder) {
+      const torch::Tensor t = from_placeholder(placeholder);
+      return t.defined() ? t.detach().requires_grad_(t.is_floating_point()) : torch::Tensor();
+    };
+    torch::Tensor x = leaf(saved[0]), ple = leaf(saved[1]), k = leaf(saved[2]), v = leaf(saved[3]);
+    const LayerTypeInputs inputs{{saved[5], saved[6]}, saved[4]};
+    variable_list outputs, grad_outputs;
+    {
+      torch::AutoGradMode grad_mode(true);
+      const variable_list recomputed = run_layer(*layer, x, ple, inputs, k, v);
+      for (size_t i = 0; i < recomputed.size(); ++i) {
+        if (recomputed[i].defined() && grads[i].defined()) {
+          outputs.push_back(recomputed[i]);
+          grad_outputs.push_back(grads[i]);
+        }
+      }
+      // Accumulates into the layer's parameters and into the leaves above.
+      torch::autograd::backward(outputs, grad_outputs);
+    }
+    const auto grad_of = [](const torch::Tensor& t) {
+      return t.defined() ? t.grad() : torch::Tensor();
+    };
+    return {grad_of(x),      grad_of(ple),    grad_of(k),      grad_of(v),
+            torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor checkpointed_layer_forward(Gemma4DecoderLayerImpl& layer, const torch::Tensor& x,
+                                         const torch::Tensor& per_layer_input,
+                                         const LayerTypeInputs& inputs, SharedKv& shared) {
+  const Gemma4LayerSpec& spec = layer.self_attn->options().spec;
+  torch::Tensor source_k, source_v;
+  if (spec.kv_shared) std::tie(source_k, source_v) = shared.at(spec.kv_source);
+  const variable_list out = CheckpointedLayer::apply(
+      x, to_placeholder(per_layer_input), to_placeholder(source_k), to_placeholder(source_v),
+      inputs.mask, inputs.rope.cos, inputs.rope.sin, &layer);
+  if (spec.stores_kv) shared[layer.self_attn->options().layer_index] = {out[1], out[2]};
+  return out[0];
+}
+
+}  // namespace gemma
