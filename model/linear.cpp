@@ -1,13 +1,60 @@
 #include "model/linear.h"
 
+#include <cmath>
+
 namespace gemma {
+
+double LoraOptions::scaling() const {
+  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
+}
 
 LinearImpl::LinearImpl(int64_t in_features, int64_t out_features) {
   weight = register_parameter("weight", torch::empty({out_features, in_features}));
 }
 
+void LinearImpl::attach_lora(const LoraOptions& options, at::Generator& generator) {
+  TORCH_CHECK(!has_lora(), "Linear: an adapter is attached already");
+  TORCH_CHECK(options.r > 0, "Linear: LoRA rank must be positive");
+  torch::NoGradGuard no_grad;
+  lora_options = options;
+  const int64_t out = weight.size(0), in = weight.size(1);
+  const auto opts = weight.options().requires_grad(false);
+  lora_A = register_module("lora_A", std::make_shared<LinearImpl>(in, options.r));
+  lora_B = register_module("lora_B", std::make_shared<LinearImpl>(options.r, out));
+  // PEFT: kaiming_uniform(a=√5) on A is U(-1/√in, 1/√in); B starts at zero so the model is
+  // unchanged.
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  lora_A->weight.set_data(
+      torch::empty({options.r, in}, torch::kFloat32).uniform_(-bound, bound, generator).to(opts));
+  lora_B->weight.set_data(torch::zeros({out, options.r}, opts));
+  if (options.use_dora) {
+    lora_magnitude_vector =
+        register_parameter("lora_magnitude_vector", weight.norm(2, {1}).detach().clone());
+  }
+}
+
+torch::Tensor LinearImpl::lora_delta() const {
+  return torch::matmul(lora_B->weight, lora_A->weight) * lora_options.scaling();
+}
+
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  return torch::nn::functional::linear(x, weight);
+  torch::Tensor y = torch::nn::functional::linear(x, weight);
+  if (!has_lora() || !adapter_enabled) return y;
+  const double s = lora_options.scaling();
+  const bool drop = is_training() && lora_options.dropout > 0;
+  const torch::Tensor xd = drop ? torch::dropout(x, lora_options.dropout, true) : x;
+  const torch::Tensor lora = lora_B->forward(lora_A->forward(xd.to(lora_A->weight.scalar_type())));
+  if (!lora_magnitude_vector.defined()) return y + (lora * s).to(y.scalar_type());
+  // DoRA (qlora-formats.md §3.6): k = m / ‖W + ΔW‖ per output row, the norm treated as a constant;
+  // y = base + (k - 1)·(x_d·Wᵀ) + k·s·B(A(x_d)).
+  torch::Tensor norm;
+  {
+    torch::NoGradGuard no_grad;
+    norm = (weight + lora_delta().to(weight.scalar_type())).norm(2, {1});
+  }
+  const torch::Tensor k = lora_magnitude_vector / norm;
+  const torch::Tensor base_x = drop ? torch::nn::functional::linear(xd, weight) : y;
+  return y + ((k - 1) * base_x + k * lora * s).to(y.scalar_type());
 }
 
 DefaultDtypeGuard::DefaultDtypeGuard(torch::ScalarType dtype)

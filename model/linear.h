@@ -1,20 +1,41 @@
 // Linear: y = x · Wᵀ with a [out, in] weight and no bias, the only kind of projection in the
-// Gemma 4 decoder. Its weight is allocated uninitialised, in the default dtype at construction:
-// a checkpoint load then fills it once, so a model is never built at twice its size (f32 random
-// init before a bf16 copy). Every projection goes through this one type, so the quantized and
-// adapter-carrying versions can take its place by name.
+// Gemma 4 decoder, and the one place a LoRA or DoRA adapter attaches (as llama.cpp routes every
+// projection through one adapter-aware matmul). Its weight is allocated uninitialised in the
+// default dtype: a checkpoint load then fills it once, so a model is never built at twice its size.
+// An attached adapter registers `lora_A.weight` [r, in], `lora_B.weight` [out, r] and, for DoRA,
+// `lora_magnitude_vector` [out]: with the module path in front these are PEFT's saved key names.
 #pragma once
 
 #include <torch/torch.h>
 
 namespace gemma {
 
+struct LoraOptions {
+  int64_t r = 8;
+  double alpha = 8.0;
+  double dropout = 0.0;
+  bool use_rslora = false;  // scaling alpha/√r instead of alpha/r
+  bool use_dora = false;
+  double scaling() const;
+};
+
 class LinearImpl : public torch::nn::Module {
  public:
   LinearImpl(int64_t in_features, int64_t out_features);
   torch::Tensor forward(const torch::Tensor& x);
 
+  // Registers a LoRA (or DoRA) adapter initialised as PEFT does: A ~ U(±1/√in), B = 0, and the
+  // DoRA magnitude = the row norms of W. Random draws come from `generator`.
+  void attach_lora(const LoraOptions& options, at::Generator& generator);
+  bool has_lora() const { return lora_B != nullptr; }
+  // s · B · A, [out, in].
+  torch::Tensor lora_delta() const;
+
   torch::Tensor weight;  // [out, in]
+  std::shared_ptr<LinearImpl> lora_A, lora_B;
+  torch::Tensor lora_magnitude_vector;  // DoRA only
+  LoraOptions lora_options;
+  bool adapter_enabled = true;  // off: the base projection alone (the DPO/KTO reference model)
 };
 TORCH_MODULE(Linear);
 
