@@ -24,13 +24,6 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   return s.str();
 }
 
-// Module names ("model.layers.0...", "lm_head.weight") to checkpoint keys.
-std::string checkpoint_key(const std::string& module_name, const std::string& prefix) {
-  const std::string inner = "model.";
-  if (module_name.rfind(inner, 0) == 0) return prefix + module_name.substr(inner.size());
-  return module_name;
-}
-
 constexpr const char* kPleTableName = "model.embed_tokens_per_layer.weight";
 
 std::vector<std::pair<std::string, torch::Tensor>> state_of(Gemma4ForCausalLM& model) {
@@ -92,6 +85,12 @@ std::vector<Gemma4TensorInfo> gemma4_checkpoint_layout(const Gemma4Config& c) {
   }
   add("norm.weight", {H});
   return out;
+}
+
+std::string checkpoint_key(const std::string& module_name, const std::string& prefix) {
+  const std::string inner = "model.";
+  if (module_name.rfind(inner, 0) == 0) return prefix + module_name.substr(inner.size());
+  return module_name;
 }
 
 std::string detect_gemma4_prefix(const CheckpointReader& reader, const fs::path& dir) {

@@ -29,6 +29,11 @@ struct Gemma4TensorInfo {
 std::vector<Gemma4TensorInfo> gemma4_checkpoint_layout(const Gemma4Config& config);
 
 class CheckpointReader;
+// A module or parameter name of Gemma4ForCausalLM ("model.layers.0...") as the checkpoint with
+// decoder prefix `prefix` spells it ("model.language_model.layers.0..."); "lm_head..." is
+// unchanged.
+std::string checkpoint_key(const std::string& module_name, const std::string& prefix);
+
 // The decoder's key prefix in `reader` (multimodal or text-only form); InputError naming `dir`
 // when neither is there.
 std::string detect_gemma4_prefix(const CheckpointReader& reader, const std::filesystem::path& dir);

@@ -16,6 +16,7 @@
 #include "model/gemma4_config.h"
 #include "model/input_error.h"
 #include "model/linear.h"
+#include "model/peft_adapter.h"
 #include "trainer/cli_flags.h"
 
 namespace gemma {
@@ -89,7 +90,7 @@ int run_init_command(const std::vector<std::string>& args) {
 }
 
 int run_logits_command(const std::vector<std::string>& args) {
-  const CliFlags flags("logits", args, {"model", "ids", "out", "dtype", "device"});
+  const CliFlags flags("logits", args, {"model", "ids", "out", "dtype", "device", "adapter"});
   const fs::path model_dir = flags.required("model");
   const std::vector<int64_t> ids = parse_id_list(flags.required("ids"), "--ids");
   const fs::path out = flags.required("out");
@@ -99,6 +100,8 @@ int run_logits_command(const std::vector<std::string>& args) {
 
   const auto t0 = std::chrono::steady_clock::now();
   LoadedGemma4 loaded = load_gemma4(model_dir, options);
+  if (const auto adapter = flags.optional("adapter"))
+    load_peft_adapter(loaded.model, loaded.report.prefix, *adapter);
   for (int64_t id : ids) {
     if (id >= loaded.config.vocab_size) {
       throw InputError("--ids: token id " + std::to_string(id) +

@@ -13,6 +13,7 @@
 #include "model/gemma4_checkpoint.h"
 #include "model/generation.h"
 #include "model/input_error.h"
+#include "model/peft_adapter.h"
 #include "trainer/cli_flags.h"
 
 namespace gemma {
@@ -66,6 +67,8 @@ TextModel load_text_model(const CliFlags& flags) {
     options.device = torch::Device(torch::kCUDA);
   }
   LoadedGemma4 loaded = load_gemma4(dir, options);
+  if (const auto adapter = flags.optional("adapter"))
+    load_peft_adapter(loaded.model, loaded.report.prefix, *adapter);
   if (tokenizer.vocab_size() > loaded.config.vocab_size) {
     throw InputError(tokenizer.source() + ": " + std::to_string(tokenizer.vocab_size()) +
                      " tokens, more than the model's vocab_size " +
@@ -234,10 +237,11 @@ int run_batched(const CliFlags& flags, TextModel& m, const GenerationOptions& g)
 }  // namespace
 
 int run_generate_command(const std::vector<std::string>& args) {
-  const CliFlags flags("generate", args,
-                       {"model", "prompt", "messages", "max-new-tokens", "temperature", "top-k",
-                        "top-p", "seed", "input", "output", "batch-size", "dtype", "device"},
-                       {"raw", "ids", "no-cache", "thinking"});
+  const CliFlags flags(
+      "generate", args,
+      {"model", "prompt", "messages", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
+       "input", "output", "batch-size", "dtype", "device", "adapter"},
+      {"raw", "ids", "no-cache", "thinking"});
   const int sources = flags.has("prompt") + flags.has("messages") + flags.has("input");
   if (sources != 1)
     throw InputError("generate: give exactly one of --prompt, --messages or --input");
@@ -280,7 +284,7 @@ int run_generate_command(const std::vector<std::string>& args) {
 int run_chat_command(const std::vector<std::string>& args) {
   const CliFlags flags("chat", args,
                        {"model", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "dtype",
-                        "device", "system"},
+                        "device", "system", "adapter"},
                        {"thinking"});
   TextModel m = load_text_model(flags);
   GenerationOptions g = generation_options(flags, m);

@@ -176,3 +176,34 @@ def test_chat_keeps_a_conversation(gemma_train, demo):
                           input="Hello\nAnd again\n/exit\n", capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("model> ") == 2, proc.stdout
+
+
+def test_logits_with_an_adapter(gemma_train, tiny, tmp_path):
+    """A PEFT-layout adapter folder (written here by hand) changes the logits; a rank mismatch is refused."""
+    from safetensors.torch import load_file, save_file
+    import torch
+    from conftest import our_logits
+    base = load_file(tiny / "model.safetensors")
+    tensors = {}
+    g = torch.Generator().manual_seed(0)
+    for key, w in base.items():
+        if key.endswith("self_attn.q_proj.weight"):
+            stem = "base_model.model." + key[: -len(".weight")]
+            tensors[stem + ".lora_A.weight"] = torch.randn(4, w.shape[1], generator=g) * 0.1
+            tensors[stem + ".lora_B.weight"] = torch.randn(w.shape[0], 4, generator=g) * 0.1
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    save_file(tensors, adapter / "adapter_model.safetensors", metadata={"format": "pt"})
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": 4, "lora_alpha": 8, "lora_dropout": 0.0,
+              "target_modules": ["q_proj"], "bias": "none", "use_dora": False, "use_rslora": False}
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    ids = [2, 5, 9, 11]
+    plain = our_logits(gemma_train, tiny, ids, tmp_path)
+    out = tmp_path / "with.bin"
+    run(gemma_train, "logits", "--model", tiny, "--ids", "2,5,9,11", "--out", out, "--adapter", adapter)
+    with_adapter = np.fromfile(out, dtype="<f4").reshape(plain.shape)
+    assert np.abs(with_adapter - plain).max() > 1e-3
+    config["r"] = 8
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", tmp_path / "x.bin", "--adapter",
+                               adapter], "rank mismatch")

@@ -1,0 +1,136 @@
+#include "model/peft_adapter.h"
+
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "model/atomic_output.h"
+#include "model/gemma4_checkpoint.h"
+#include "model/input_error.h"
+#include "model/safetensors.h"
+
+namespace gemma {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+namespace {
+
+constexpr const char* kConfigFile = "adapter_config.json";
+constexpr const char* kWeightsFile = "adapter_model.safetensors";
+constexpr const char* kPeftPrefix = "base_model.model.";
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string out = "[";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + "]";
+}
+
+}  // namespace
+
+void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const std::string& prefix,
+                       const std::string& base_model_name, const fs::path& out_dir) {
+  std::vector<std::pair<std::string, torch::Tensor>> tensors;
+  for (const auto& [name, p] : trainable_parameters(model)) {
+    tensors.emplace_back(kPeftPrefix + checkpoint_key(name, prefix), p.detach().contiguous());
+  }
+  if (tensors.empty()) throw InputError(out_dir.string() + ": the model has no adapters to save");
+  json targets;
+  if (!spec.target_regex.empty()) {
+    targets = spec.target_regex;
+  } else {
+    std::set<std::string> names(spec.target_modules.begin(), spec.target_modules.end());
+    targets = json(std::vector<std::string>(names.begin(), names.end()));
+  }
+  // Only long-standing keys (older PEFT rejects unknown ones); json sorts them, as PEFT writes
+  // them.
+  const json config = {{"alpha_pattern", json::object()},
+                       {"base_model_name_or_path", base_model_name},
+                       {"bias", "none"},
+                       {"fan_in_fan_out", false},
+                       {"inference_mode", true},
+                       {"init_lora_weights", true},
+                       {"layers_pattern", nullptr},
+                       {"layers_to_transform", nullptr},
+                       {"lora_alpha", spec.lora.alpha},
+                       {"lora_dropout", spec.lora.dropout},
+                       {"modules_to_save", nullptr},
+                       {"peft_type", "LORA"},
+                       {"r", spec.lora.r},
+                       {"rank_pattern", json::object()},
+                       {"revision", nullptr},
+                       {"target_modules", targets},
+                       {"task_type", "CAUSAL_LM"},
+                       {"use_dora", spec.lora.use_dora},
+                       {"use_rslora", spec.lora.use_rslora}};
+  write_folder_atomically(out_dir, [&](const fs::path& tmp) {
+    write_safetensors(tmp / kWeightsFile, tensors, {{"format", "pt"}});
+    write_file_atomically(tmp / kConfigFile, config.dump(2) + "\n");
+  });
+}
+
+AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
+                              const fs::path& dir) {
+  const std::string config_path = (dir / kConfigFile).string();
+  json config;
+  try {
+    config = json::parse(read_text_file(dir / kConfigFile));
+  } catch (const json::exception& e) {
+    throw InputError(config_path + ": not valid JSON: " + e.what());
+  }
+  if (!config.is_object() || config.value("peft_type", "") != "LORA") {
+    throw InputError(config_path + ": peft_type is not \"LORA\"");
+  }
+  AdapterSpec spec;
+  try {
+    spec.lora.r = config.at("r").get<int64_t>();
+    spec.lora.alpha = config.value("lora_alpha", static_cast<double>(spec.lora.r));
+    spec.lora.dropout = config.value("lora_dropout", 0.0);
+    spec.lora.use_rslora = config.value("use_rslora", false);
+    spec.lora.use_dora = config.value("use_dora", false);
+    const json& targets = config.at("target_modules");
+    if (targets.is_string()) {
+      spec.target_regex = targets.get<std::string>();
+    } else {
+      spec.target_modules = targets.get<std::vector<std::string>>();
+    }
+  } catch (const json::exception& e) {
+    throw InputError(config_path + ": r or target_modules missing or mistyped (" +
+                     std::string(e.what()) + ")");
+  }
+  if (spec.lora.r <= 0) throw InputError(config_path + ": r must be positive");
+  for (const char* key : {"rank_pattern", "alpha_pattern"}) {
+    if (config.contains(key) && !config[key].is_null() && !config[key].empty()) {
+      throw InputError(config_path + ": \"" + key + "\" (per-module ranks) is not supported");
+    }
+  }
+  if (config.contains("bias") && config["bias"] != "none") {
+    throw InputError(config_path + ": bias \"" + config["bias"].dump() +
+                     "\" is not supported (expected \"none\")");
+  }
+  const SafetensorsFile file(dir / kWeightsFile);
+  attach_adapters(model, spec);
+  std::set<std::string> expected;
+  torch::NoGradGuard no_grad;
+  for (auto& [name, p] : trainable_parameters(model)) {
+    const std::string key = kPeftPrefix + checkpoint_key(name, prefix);
+    expected.insert(key);
+    if (!file.contains(key))
+      throw InputError(file.path().string() + ": missing tensor \"" + key + "\"");
+    const SafetensorsEntry& e = file.entry(key);
+    if (e.shape != p.sizes().vec()) {
+      throw InputError(file.path().string() + ": tensor \"" + key + "\" has shape " +
+                       shape_text(e.shape) + ", expected " + shape_text(p.sizes().vec()) +
+                       " (rank mismatch or another base model)");
+    }
+    p.copy_(file.view(key));
+  }
+  for (const std::string& key : file.names()) {
+    if (!expected.count(key)) {
+      throw InputError(file.path().string() + ": tensor \"" + key +
+                       "\" matches no adapted module of this model "
+                       "(an adapter for another base?)");
+    }
+  }
+  return spec;
+}
+
+}  // namespace gemma

@@ -1,0 +1,26 @@
+// PEFT adapter folders (qlora-formats.md §3.1-3.2): `adapter_config.json` +
+// `adapter_model.safetensors` with keys `base_model.model.<module path>.lora_A.weight`,
+// `.lora_B.weight` and
+// `.lora_magnitude_vector` (DoRA), the module path spelt as the base checkpoint spells it. PEFT
+// loads ours onto the same base, and we load PEFT's.
+#pragma once
+
+#include <filesystem>
+#include <string>
+
+#include "model/gemma4_model.h"
+#include "model/lora_adapters.h"
+
+namespace gemma {
+
+// Writes the adapters of `model` (attached with `spec`) as a new folder `out_dir`. `prefix` is the
+// base checkpoint's decoder prefix (Gemma4LoadReport::prefix).
+void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const std::string& prefix,
+                       const std::string& base_model_name, const std::filesystem::path& out_dir);
+
+// Attaches the adapters described in `dir` to `model` and loads their weights. InputError for an
+// adapter of another base (a key naming no module here), a rank mismatch, or a missing tensor.
+AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
+                              const std::filesystem::path& dir);
+
+}  // namespace gemma
