@@ -12,6 +12,7 @@ namespace gemma {
 namespace {
 
 using testing::bundled_config;
+using testing::logits_of;
 using testing::random_ids;
 using testing::random_model;
 using testing::relative_error;
@@ -193,13 +194,6 @@ TEST(Gemma4CheckpointLayout, ModelStateIsTheUsedLayout) {
     }
     EXPECT_EQ(state, used) << name;
   }
-}
-
-torch::Tensor logits_of(Gemma4ForCausalLM& model, const torch::Tensor& ids) {
-  torch::NoGradGuard no_grad;
-  Gemma4Input in;
-  in.input_ids = ids;
-  return model->forward(in);
 }
 
 TEST(Gemma4Checkpoint, EveryPrefixAndShardingGivesIdenticalLogits) {

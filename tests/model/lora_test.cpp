@@ -10,15 +10,9 @@ namespace gemma {
 namespace {
 
 using testing::bundled_config;
+using testing::logits_of;
 using testing::random_ids;
 using testing::random_model;
-
-torch::Tensor logits(Gemma4ForCausalLM& model, const torch::Tensor& ids) {
-  torch::NoGradGuard no_grad;
-  Gemma4Input in;
-  in.input_ids = ids;
-  return model->forward(in);
-}
 
 // Gives every adapter non-zero B (and a magnitude away from its init) so the adapter matters.
 void perturb_adapters(Gemma4ForCausalLM& model, uint64_t seed) {
@@ -65,11 +59,11 @@ TEST(LoraAdapters, ForwardEqualsDenseComputationInF64) {
       Gemma4ForCausalLM adapted = random_model(c, 2, torch::kFloat64);
       Gemma4ForCausalLM dense = random_model(c, 2, torch::kFloat64);
       const torch::Tensor ids = random_ids(2, 9, c.vocab_size, 3);
-      const torch::Tensor base = logits(adapted, ids);
+      const torch::Tensor base = logits_of(adapted, ids);
       AdapterSpec spec;
       spec.lora = {4, 16.0, 0.0, rslora, dora};
       attach_adapters(adapted, spec);
-      EXPECT_TRUE(torch::allclose(logits(adapted, ids), base, 0, 1e-12));  // B = 0 at init
+      EXPECT_TRUE(torch::allclose(logits_of(adapted, ids), base, 0, 1e-12));  // B = 0 at init
       perturb_adapters(adapted, 4);
       std::map<std::string, LinearImpl*> dense_linears;
       for (const auto& m : dense->named_modules()) {
@@ -85,14 +79,14 @@ TEST(LoraAdapters, ForwardEqualsDenseComputationInF64) {
           dense_linears.at(m.key())->weight.copy_(merged);
         }
       }
-      const torch::Tensor with_adapter = logits(adapted, ids);
-      EXPECT_LT((with_adapter - logits(dense, ids)).abs().max().item<double>(), 1e-10);
+      const torch::Tensor with_adapter = logits_of(adapted, ids);
+      EXPECT_LT((with_adapter - logits_of(dense, ids)).abs().max().item<double>(), 1e-10);
       EXPECT_GT((with_adapter - base).abs().max().item<double>(), 1e-4);
       {
         AdaptersDisabled off(adapted);
-        EXPECT_TRUE(torch::allclose(logits(adapted, ids), base, 0, 1e-12));
+        EXPECT_TRUE(torch::allclose(logits_of(adapted, ids), base, 0, 1e-12));
       }
-      EXPECT_TRUE(torch::equal(logits(adapted, ids), with_adapter));
+      EXPECT_TRUE(torch::equal(logits_of(adapted, ids), with_adapter));
     }
   }
 }

@@ -14,16 +14,10 @@ namespace gemma {
 namespace {
 
 using testing::bundled_config;
+using testing::logits_of;
 using testing::random_ids;
 using testing::random_model;
 using testing::ScratchDir;
-
-torch::Tensor logits(Gemma4ForCausalLM& model, const torch::Tensor& ids) {
-  torch::NoGradGuard no_grad;
-  Gemma4Input in;
-  in.input_ids = ids;
-  return model->forward(in);
-}
 
 void perturb(Gemma4ForCausalLM& model) {
   torch::NoGradGuard no_grad;
@@ -63,7 +57,7 @@ TEST(PeftAdapter, SavedAndLoadedAgainGivesIdenticalLogits) {
     const AdapterSpec loaded = load_peft_adapter(fresh, kMultimodalPrefix, dir / "adapter");
     EXPECT_EQ(loaded.lora.use_dora, dora);
     const torch::Tensor ids = random_ids(1, 10, c.vocab_size, 2);
-    EXPECT_TRUE(torch::equal(logits(fresh, ids), logits(trained, ids)));
+    EXPECT_TRUE(torch::equal(logits_of(fresh, ids), logits_of(trained, ids)));
   }
 }
 

@@ -25,6 +25,13 @@ Gemma4ForCausalLM random_model(const Gemma4Config& config, uint64_t seed, torch:
   return model;
 }
 
+torch::Tensor logits_of(Gemma4ForCausalLM& model, const torch::Tensor& ids) {
+  torch::NoGradGuard no_grad;
+  Gemma4Input in;
+  in.input_ids = ids;
+  return model->forward(in);
+}
+
 torch::Tensor random_ids(int64_t batch, int64_t length, int64_t vocab, uint64_t seed) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(seed);
   return torch::randint(vocab, {batch, length}, gen, torch::kInt64);

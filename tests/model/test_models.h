@@ -18,6 +18,9 @@ Gemma4Config bundled_config(const std::string& name);
 Gemma4ForCausalLM random_model(const Gemma4Config& config, uint64_t seed,
                                torch::ScalarType dtype = torch::kFloat32);
 
+// Logits of `ids` [B, T] without building an autograd graph.
+torch::Tensor logits_of(Gemma4ForCausalLM& model, const torch::Tensor& ids);
+
 // Random token ids [B, T] in [0, vocab).
 torch::Tensor random_ids(int64_t batch, int64_t length, int64_t vocab, uint64_t seed);
 
