@@ -30,6 +30,7 @@ struct Nf4Weight {
 
   int64_t numel() const;
   int64_t nbytes() const;  // everything stored for this weight
+  void to(const torch::Device& device, bool non_blocking = false);  // moves every tensor
 };
 
 enum class Nf4Backend { kAuto, kReference, kCpu, kCuda };

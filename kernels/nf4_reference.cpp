@@ -67,6 +67,11 @@ int64_t Nf4Weight::nbytes() const {
          nested_quant_map.nbytes();
 }
 
+void Nf4Weight::to(const torch::Device& device, bool non_blocking) {
+  for (torch::Tensor* t : {&packed, &absmax_codes, &nested_absmax, &quant_map, &nested_quant_map})
+    *t = t->to(device, non_blocking);
+}
+
 torch::Tensor nf4_code_table() {
   torch::Tensor t = torch::empty({16}, torch::kFloat32);
   std::memcpy(t.data_ptr<float>(), kNf4Bits, sizeof(kNf4Bits));

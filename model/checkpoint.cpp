@@ -129,4 +129,17 @@ std::vector<std::string> write_checkpoint(const fs::path& dir,
   return names;
 }
 
+void copy_checkpoint_side_files(const std::filesystem::path& from,
+                                const std::filesystem::path& to) {
+  for (const auto& entry : std::filesystem::directory_iterator(from)) {
+    const std::string name = entry.path().filename().string();
+    const bool weights =
+        name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;
+    if (entry.is_regular_file() && !weights && name != "config.json" &&
+        name != kCheckpointIndexFile) {
+      std::filesystem::copy_file(entry.path(), to / name);
+    }
+  }
+}
+
 }  // namespace gemma

@@ -54,4 +54,8 @@ std::vector<std::string> write_checkpoint(const std::filesystem::path& dir,
                                           const std::vector<CheckpointTensor>& tensors,
                                           uint64_t shard_bytes);
 
+// Copies the files of checkpoint folder `from` that are neither weights (*.safetensors, the
+// index) nor config.json into `to`: the tokenizer, generation_config.json, chat template.
+void copy_checkpoint_side_files(const std::filesystem::path& from, const std::filesystem::path& to);
+
 }  // namespace gemma

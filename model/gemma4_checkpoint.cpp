@@ -8,6 +8,7 @@
 #include "model/atomic_output.h"
 #include "model/bnb_nf4_format.h"
 #include "model/checkpoint.h"
+#include "model/gemma4_feed_forward.h"
 #include "model/input_error.h"
 #include "model/linear.h"
 
@@ -33,7 +34,49 @@ std::vector<std::pair<std::string, torch::Tensor>> state_of(Gemma4ForCausalLM& m
   return out;
 }
 
+// What a QLoRA load holds in NF4, by parameter name. The two expert tensors of a layer are
+// collected (gate_up_proj first, as the state lists them) and handed over together.
+struct Nf4Targets {
+  std::map<std::string, LinearImpl*> linears;
+  std::map<std::string,
+           std::pair<Gemma4ExpertsImpl*, std::shared_ptr<std::vector<std::vector<Nf4Weight>>>>>
+      experts;
+};
+
+Nf4Targets nf4_targets(Gemma4ForCausalLM& model, const Gemma4LoadOptions& options) {
+  Nf4Targets out;
+  if (!options.nf4_base) return out;
+  const auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (const auto& m : model->named_modules()) {
+    const std::string& path = m.key();
+    if (auto* linear = m.value()->as<LinearImpl>()) {
+      if (path == "lm_head" || (ends_with(path, "router.proj") && !options.nf4_router)) continue;
+      out.linears[path + ".weight"] = linear;
+    } else if (auto* experts = m.value()->as<Gemma4ExpertsImpl>(); experts && options.nf4_experts) {
+      auto lists = std::make_shared<std::vector<std::vector<Nf4Weight>>>();
+      out.experts[path + ".gate_up_proj"] = {experts, lists};
+      out.experts[path + ".down_proj"] = {experts, lists};
+    }
+  }
+  return out;
+}
+
 }  // namespace
+
+int64_t nf4_base_bytes(Gemma4ForCausalLM& model) {
+  int64_t n = 0;
+  for (const auto& m : model->named_modules()) {
+    if (const auto* linear = m.value()->as<LinearImpl>(); linear && linear->is_nf4()) {
+      n += linear->nf4_weight()->nbytes();
+    } else if (const auto* experts = m.value()->as<Gemma4ExpertsImpl>(); experts) {
+      n += experts->nf4_bytes();
+    }
+  }
+  return n;
+}
 
 std::vector<Gemma4TensorInfo> gemma4_checkpoint_layout(const Gemma4Config& c) {
   std::vector<Gemma4TensorInfo> out;
@@ -116,20 +159,8 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
   }
   torch::NoGradGuard no_grad;
   std::set<std::string> used;
-  for (auto& [name, tensor] : state_of(out.model)) {
-    const std::string key = checkpoint_key(name, report.prefix);
-    const std::vector<int64_t> expected = tensor.sizes().vec();
-    if (has_bnb_nf4(reader, key)) {
-      // A bitsandbytes 4-bit checkpoint: dequantized into the model's dtype.
-      const Nf4Weight q = read_bnb_nf4(reader, key, dir.string());
-      if (q.shape != expected) {
-        throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " +
-                         shape_text(q.shape) + ", expected " + shape_text(expected));
-      }
-      tensor.copy_(dequantize_nf4(q));
-      for (const std::string& part : bnb_nf4_keys(key)) used.insert(part);
-      continue;
-    }
+  const Nf4Targets nf4 = nf4_targets(out.model, options);
+  const auto check_dense = [&](const std::string& key, const std::vector<int64_t>& expected) {
     if (!reader.contains(key)) {
       throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
                        shape_text(expected) + ")");
@@ -143,6 +174,61 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
       throw InputError(dir.string() + ": tensor \"" + key + "\" has dtype " +
                        safetensors_dtype_name(e.dtype) + ", expected a floating-point dtype");
     }
+  };
+  for (auto& [name, tensor] : state_of(out.model)) {
+    const std::string key = checkpoint_key(name, report.prefix);
+    const std::vector<int64_t> expected = tensor.sizes().vec();
+    if (const auto it = nf4.linears.find(name); it != nf4.linears.end()) {
+      Nf4Weight q;
+      if (has_bnb_nf4(reader, key)) {
+        q = read_bnb_nf4(reader, key, dir.string());
+        if (q.shape != expected) {
+          throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " +
+                           shape_text(q.shape) + ", expected " + shape_text(expected));
+        }
+        q.packed = q.packed.clone();  // owned, not a view of the file
+        q.absmax_codes = q.absmax_codes.clone();
+        for (const std::string& part : bnb_nf4_keys(key)) {
+          used.insert(part);
+          reader.release(part);
+        }
+      } else {
+        check_dense(key, expected);
+        q = quantize_nf4(reader.view(key));
+        reader.release(key);
+        used.insert(key);
+      }
+      it->second->set_nf4_weight(std::move(q));
+      continue;
+    }
+    if (const auto it = nf4.experts.find(name); it != nf4.experts.end()) {
+      // gate_up_proj and down_proj: each expert's matrix quantized on its own.
+      check_dense(key, expected);
+      std::vector<Nf4Weight> per_expert;
+      const torch::Tensor all = reader.view(key);
+      for (int64_t e = 0; e < all.size(0); ++e) per_expert.push_back(quantize_nf4(all[e]));
+      reader.release(key);
+      used.insert(key);
+      it->second.second->push_back(std::move(per_expert));
+      if (it->second.second->size() == 2) {
+        auto& lists = *it->second.second;
+        it->second.first->set_nf4_experts(std::move(lists[0]), std::move(lists[1]));
+      }
+      continue;
+    }
+    if (has_bnb_nf4(reader, key)) {
+      // A bitsandbytes 4-bit checkpoint: dequantized into the model's dtype.
+      const Nf4Weight q = read_bnb_nf4(reader, key, dir.string());
+      if (q.shape != expected) {
+        throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " +
+                         shape_text(q.shape) + ", expected " + shape_text(expected));
+      }
+      tensor.copy_(dequantize_nf4(q));
+      for (const std::string& part : bnb_nf4_keys(key)) used.insert(part);
+      continue;
+    }
+    check_dense(key, expected);
+    const SafetensorsEntry& e = reader.entry(key);
     if (name == kPleTableName && e.dtype == options.dtype) {
       // §2.2: the PLE table is a frozen lookup of several GB; in the file's dtype it is used
       // straight from the read-only mapping, and only the rows a batch needs are ever read.
@@ -179,6 +265,8 @@ void randomize_gemma4(Gemma4ForCausalLM& model, uint64_t seed) {
 
 void save_gemma4(Gemma4ForCausalLM& model, const fs::path& out_dir,
                  const Gemma4SaveOptions& options) {
+  TORCH_CHECK(nf4_base_bytes(model) == 0,
+              "save_gemma4: the model has an NF4 base; write merged weights with `merge`");
   const Gemma4Config& config = model->config();
   const std::string prefix = options.text_only ? kTextOnlyPrefix : kMultimodalPrefix;
   std::map<std::string, torch::Tensor> state;
@@ -311,15 +399,7 @@ void quantize_gemma4_checkpoint(const fs::path& in_dir, const fs::path& out_dir,
   write_folder_atomically(out_dir, [&](const fs::path& tmp) {
     write_checkpoint(tmp, tensors, shard_bytes);
     write_file_atomically(tmp / "config.json", config_json.dump(2) + "\n");
-    for (const auto& entry : fs::directory_iterator(in_dir)) {
-      const std::string name = entry.path().filename().string();
-      const bool weights =
-          name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;
-      if (entry.is_regular_file() && !weights && name != "config.json" &&
-          name != kCheckpointIndexFile) {
-        fs::copy_file(entry.path(), tmp / name);
-      }
-    }
+    copy_checkpoint_side_files(in_dir, tmp);
   });
 }
 

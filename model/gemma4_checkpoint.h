@@ -39,9 +39,18 @@ std::string checkpoint_key(const std::string& module_name, const std::string& pr
 std::string detect_gemma4_prefix(const CheckpointReader& reader, const std::filesystem::path& dir);
 
 struct Gemma4LoadOptions {
-  torch::ScalarType dtype = torch::kFloat32;
+  torch::ScalarType dtype = torch::kFloat32;  // compute dtype, and storage of dense tensors
   torch::Device device = torch::kCPU;
+  // QLoRA base: every decoder Linear held as frozen NF4 (a bitsandbytes 4-bit file as it is
+  // stored, a dense one quantized tensor by tensor while streaming). Embeddings, norms, the PLE
+  // table and an untied lm_head stay dense.
+  bool nf4_base = false;
+  bool nf4_experts = true;  // with nf4_base: the MoE experts as well
+  bool nf4_router = false;  // with nf4_base: the router's projection as well
 };
+
+// The bytes held in NF4 by a model loaded with nf4_base (0 for a dense model).
+int64_t nf4_base_bytes(Gemma4ForCausalLM& model);
 
 struct Gemma4LoadReport {
   std::string prefix;                // the key prefix found in the files

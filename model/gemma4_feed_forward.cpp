@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/nf4_matmul.h"
+
 namespace gemma {
 
 torch::Tensor gemma4_activation(const torch::Tensor& x, const std::string& name) {
@@ -58,16 +60,54 @@ torch::Tensor Gemma4ExpertsImpl::forward(const torch::Tensor& u, const RouterCho
     if (hits.size(0) == 0) continue;
     const torch::Tensor token = hits.select(1, 0).to(u.device());
     const torch::Tensor slot = hits.select(1, 1).to(u.device());
-    const torch::Tensor gate_up =
-        torch::nn::functional::linear(u.index_select(0, token), gate_up_proj[e]);
+    const torch::Tensor gate_up = project(u.index_select(0, token), e, /*gate_up=*/true);
     const auto parts = gate_up.chunk(2, -1);
     const torch::Tensor act = gemma4_activation(parts[0], activation_) * parts[1];
-    const torch::Tensor y = torch::nn::functional::linear(act, down_proj[e]);
+    const torch::Tensor y = project(act, e, /*gate_up=*/false);
     const torch::Tensor w = choice.weights.index({token, slot}).unsqueeze(-1);
     // As transformers: the weighting promotes to float32, the sum is kept in the activation dtype.
     out = out.index_add(0, token, (y * w).to(out.scalar_type()));
   }
   return out;
+}
+
+torch::Tensor Gemma4ExpertsImpl::project(const torch::Tensor& x, int64_t expert,
+                                         bool gate_up) const {
+  if (is_nf4()) return nf4_linear(x, (gate_up ? gate_up_nf4_ : down_nf4_)[expert]);
+  return torch::nn::functional::linear(x, (gate_up ? gate_up_proj : down_proj)[expert]);
+}
+
+void Gemma4ExpertsImpl::set_nf4_experts(std::vector<Nf4Weight> gate_up,
+                                        std::vector<Nf4Weight> down) {
+  const int64_t experts = gate_up_proj.size(0);
+  TORCH_CHECK(static_cast<int64_t>(gate_up.size()) == experts &&
+                  static_cast<int64_t>(down.size()) == experts,
+              "Gemma4Experts: one NF4 weight per expert");
+  torch::NoGradGuard no_grad;
+  gate_up_nf4_ = std::move(gate_up);
+  down_nf4_ = std::move(down);
+  for (torch::Tensor* t : {&gate_up_proj, &down_proj}) {
+    t->set_data(placeholder_of_shape(*t));
+    t->set_requires_grad(false);
+  }
+}
+
+int64_t Gemma4ExpertsImpl::nf4_bytes() const {
+  int64_t n = 0;
+  for (const auto* list : {&gate_up_nf4_, &down_nf4_}) {
+    for (const Nf4Weight& w : *list) n += w.nbytes();
+  }
+  return n;
+}
+
+void Gemma4ExpertsImpl::to(torch::Device device, bool non_blocking) {
+  if (!is_nf4()) {
+    torch::nn::Module::to(device, non_blocking);
+    return;
+  }
+  for (auto* list : {&gate_up_nf4_, &down_nf4_}) {
+    for (Nf4Weight& w : *list) w.to(device, non_blocking);
+  }
 }
 
 }  // namespace gemma

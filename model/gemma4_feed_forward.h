@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include <torch/torch.h>
 
@@ -56,11 +57,25 @@ class Gemma4ExpertsImpl : public torch::nn::Module {
   // u [N, H] -> Σ_k weight_k · expert_k(u), [N, H].
   torch::Tensor forward(const torch::Tensor& u, const RouterChoice& choice);
 
+  // A QLoRA base: each expert's two matrices as frozen NF4 weights (one per expert, so an expert is
+  // dequantized alone); the dense parameters keep only their shapes.
+  void set_nf4_experts(std::vector<Nf4Weight> gate_up, std::vector<Nf4Weight> down);
+  bool is_nf4() const { return !gate_up_nf4_.empty(); }
+  int64_t nf4_bytes() const;
+  // Expert e's NF4 gate_up (true) or down (false) matrix.
+  const Nf4Weight& nf4_weight(int64_t expert, bool gate_up) const {
+    return (gate_up ? gate_up_nf4_ : down_nf4_).at(expert);
+  }
+  void to(torch::Device device, bool non_blocking = false) override;
+
   torch::Tensor gate_up_proj;  // [E, 2·I, H]
   torch::Tensor down_proj;     // [E, H, I]
 
  private:
+  torch::Tensor project(const torch::Tensor& x, int64_t expert, bool gate_up) const;
+
   std::string activation_;
+  std::vector<Nf4Weight> gate_up_nf4_, down_nf4_;
 };
 TORCH_MODULE(Gemma4Experts);
 

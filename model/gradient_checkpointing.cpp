@@ -83,8 +83,20 @@ torch::Tensor checkpointed_layer_forward(Gemma4DecoderLayerImpl& layer, const to
   const Gemma4LayerSpec& spec = layer.self_attn->options().spec;
   torch::Tensor source_k, source_v;
   if (spec.kv_shared) std::tie(source_k, source_v) = shared.at(spec.kv_source);
+  // A custom function's outputs need grad only when an input does. Under frozen embeddings nothing
+  // before the first adapted layer does, yet its adapters must still train: then x enters as a
+  // leaf that requires grad (transformers' enable_input_require_grads).
+  torch::Tensor input = x;
+  if (!x.requires_grad()) {
+    for (const auto& p : layer.parameters()) {
+      if (p.requires_grad()) {
+        input = x.detach().requires_grad_(true);
+        break;
+      }
+    }
+  }
   const variable_list out = CheckpointedLayer::apply(
-      x, to_placeholder(per_layer_input), to_placeholder(source_k), to_placeholder(source_v),
+      input, to_placeholder(per_layer_input), to_placeholder(source_k), to_placeholder(source_v),
       inputs.mask, inputs.rope.cos, inputs.rope.sin, &layer);
   if (spec.stores_kv) shared[layer.self_attn->options().layer_index] = {out[1], out[2]};
   return out[0];

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "kernels/nf4_matmul.h"
+
 namespace gemma {
 
 double LoraOptions::scaling() const {
@@ -12,13 +14,43 @@ LinearImpl::LinearImpl(int64_t in_features, int64_t out_features) {
   weight = register_parameter("weight", torch::empty({out_features, in_features}));
 }
 
+void LinearImpl::set_nf4_weight(Nf4Weight w) {
+  TORCH_CHECK(w.shape == weight.sizes().vec(), "Linear: NF4 weight of another shape");
+  torch::NoGradGuard no_grad;
+  nf4_ = std::make_shared<Nf4Weight>(std::move(w));
+  weight.set_data(placeholder_of_shape(weight));
+  weight.set_requires_grad(false);
+}
+
+torch::Tensor LinearImpl::dense_weight(torch::ScalarType dtype) const {
+  return nf4_ ? dequantize_nf4_as(*nf4_, dtype) : weight.to(dtype);
+}
+
+void LinearImpl::to(torch::Device device, bool non_blocking) {
+  if (!nf4_) {
+    torch::nn::Module::to(device, non_blocking);
+    return;
+  }
+  nf4_->to(device, non_blocking);
+  for (const auto& child : children()) child->to(device, non_blocking);
+  if (lora_magnitude_vector.defined()) {
+    torch::NoGradGuard no_grad;
+    lora_magnitude_vector.set_data(lora_magnitude_vector.to(device, non_blocking));
+  }
+}
+
+torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) const {
+  return nf4_ ? nf4_linear(x, *nf4_) : torch::nn::functional::linear(x, weight);
+}
+
 void LinearImpl::attach_lora(const LoraOptions& options, at::Generator& generator) {
   TORCH_CHECK(!has_lora(), "Linear: an adapter is attached already");
   TORCH_CHECK(options.r > 0, "Linear: LoRA rank must be positive");
   torch::NoGradGuard no_grad;
   lora_options = options;
   const int64_t out = weight.size(0), in = weight.size(1);
-  const auto opts = weight.options().requires_grad(false);
+  const torch::Device device = nf4_ ? nf4_->packed.device() : weight.device();
+  const auto opts = weight.options().device(device).requires_grad(false);
   lora_A = register_module("lora_A", std::make_shared<LinearImpl>(in, options.r));
   lora_B = register_module("lora_B", std::make_shared<LinearImpl>(options.r, out));
   // PEFT: kaiming_uniform(a=√5) on A is U(-1/√in, 1/√in); B starts at zero so the model is
@@ -28,8 +60,8 @@ void LinearImpl::attach_lora(const LoraOptions& options, at::Generator& generato
       torch::empty({options.r, in}, torch::kFloat32).uniform_(-bound, bound, generator).to(opts));
   lora_B->weight.set_data(torch::zeros({out, options.r}, opts));
   if (options.use_dora) {
-    lora_magnitude_vector =
-        register_parameter("lora_magnitude_vector", weight.norm(2, {1}).detach().clone());
+    lora_magnitude_vector = register_parameter(
+        "lora_magnitude_vector", dense_weight(torch::kFloat32).norm(2, {1}).to(opts.dtype()));
   }
 }
 
@@ -38,7 +70,7 @@ torch::Tensor LinearImpl::lora_delta() const {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  torch::Tensor y = torch::nn::functional::linear(x, weight);
+  torch::Tensor y = base_forward(x);
   if (!has_lora() || !adapter_enabled) return y;
   const double s = lora_options.scaling();
   const bool drop = is_training() && lora_options.dropout > 0;
@@ -50,11 +82,16 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   torch::Tensor norm;
   {
     torch::NoGradGuard no_grad;
-    norm = (weight + lora_delta().to(weight.scalar_type())).norm(2, {1});
+    const torch::Tensor w = dense_weight(weight.scalar_type());
+    norm = (w + lora_delta().to(w.scalar_type())).norm(2, {1});
   }
   const torch::Tensor k = lora_magnitude_vector / norm;
-  const torch::Tensor base_x = drop ? torch::nn::functional::linear(xd, weight) : y;
+  const torch::Tensor base_x = drop ? base_forward(xd) : y;
   return y + ((k - 1) * base_x + k * lora * s).to(y.scalar_type());
+}
+
+torch::Tensor placeholder_of_shape(const torch::Tensor& t) {
+  return torch::zeros({1}, t.options()).expand(t.sizes());
 }
 
 DefaultDtypeGuard::DefaultDtypeGuard(torch::ScalarType dtype)

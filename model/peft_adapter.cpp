@@ -16,7 +16,6 @@ namespace {
 
 constexpr const char* kConfigFile = "adapter_config.json";
 constexpr const char* kWeightsFile = "adapter_model.safetensors";
-constexpr const char* kPeftPrefix = "base_model.model.";
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string out = "[";
@@ -67,8 +66,7 @@ void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const 
   });
 }
 
-AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
-                              const fs::path& dir) {
+AdapterSpec read_peft_adapter_config(const fs::path& dir) {
   const std::string config_path = (dir / kConfigFile).string();
   json config;
   try {
@@ -106,6 +104,14 @@ AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefi
     throw InputError(config_path + ": bias \"" + config["bias"].dump() +
                      "\" is not supported (expected \"none\")");
   }
+  return spec;
+}
+
+fs::path peft_adapter_weights_file(const fs::path& dir) { return dir / kWeightsFile; }
+
+AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
+                              const fs::path& dir) {
+  const AdapterSpec spec = read_peft_adapter_config(dir);
   const SafetensorsFile file(dir / kWeightsFile);
   attach_adapters(model, spec);
   std::set<std::string> expected;

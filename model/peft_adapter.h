@@ -13,6 +13,15 @@
 
 namespace gemma {
 
+// PEFT's key prefix in adapter_model.safetensors.
+constexpr const char* kPeftPrefix = "base_model.model.";
+
+// The options and targets of `dir`/adapter_config.json; InputError naming the file for anything
+// we cannot honour (not LoRA, per-module ranks, biases).
+AdapterSpec read_peft_adapter_config(const std::filesystem::path& dir);
+// `dir`/adapter_model.safetensors.
+std::filesystem::path peft_adapter_weights_file(const std::filesystem::path& dir);
+
 // Writes the adapters of `model` (attached with `spec`) as a new folder `out_dir`. `prefix` is the
 // base checkpoint's decoder prefix (Gemma4LoadReport::prefix).
 void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const std::string& prefix,

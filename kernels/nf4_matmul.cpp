@@ -1,0 +1,44 @@
+#include "kernels/nf4_matmul.h"
+
+namespace gemma {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Nf4Weight* w) {
+    ctx->saved_data["weight"] = reinterpret_cast<int64_t>(w);
+    return torch::matmul(x, dequantize_nf4_as(*w, x.scalar_type()).t());
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto* w = reinterpret_cast<const Nf4Weight*>(ctx->saved_data["weight"].toInt());
+    const torch::Tensor& grad_y = grads[0];
+    return {torch::matmul(grad_y, dequantize_nf4_as(*w, grad_y.scalar_type())), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype) {
+  Nf4Weight as = w;  // shares the tensors
+  const bool direct = dtype == torch::kBFloat16 || dtype == torch::kFloat32;
+  as.dtype = direct ? dtype : torch::kFloat32;
+  const torch::Tensor out = dequantize_nf4(as);
+  return direct ? out : out.to(dtype);
+}
+
+torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w) {
+  TORCH_CHECK(w.shape.size() == 2 && x.size(-1) == w.shape[1], "nf4_linear: x [..., ", x.size(-1),
+              "] against a weight of ", w.shape.size(), " dims");
+  if (!x.requires_grad() || !torch::GradMode::is_enabled()) {
+    torch::NoGradGuard no_grad;
+    return torch::matmul(x, dequantize_nf4_as(w, x.scalar_type()).t());
+  }
+  return Nf4LinearFunction::apply(x, &w);
+}
+
+}  // namespace gemma
