@@ -43,9 +43,11 @@ struct Nf4Targets {
       experts;
 };
 
-Nf4Targets nf4_targets(Gemma4ForCausalLM& model, const Gemma4LoadOptions& options) {
+Nf4Targets nf4_targets(Gemma4ForCausalLM& model, const Gemma4LoadOptions& options,
+                       const CheckpointReader& reader, const std::string& prefix) {
   Nf4Targets out;
-  if (!options.nf4_base) return out;
+  if (options.nf4_base == Nf4Base::kNever) return out;
+  const bool always = options.nf4_base == Nf4Base::kAlways;
   const auto ends_with = [](const std::string& s, const std::string& suffix) {
     return s.size() >= suffix.size() &&
            s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
@@ -53,9 +55,15 @@ Nf4Targets nf4_targets(Gemma4ForCausalLM& model, const Gemma4LoadOptions& option
   for (const auto& m : model->named_modules()) {
     const std::string& path = m.key();
     if (auto* linear = m.value()->as<LinearImpl>()) {
+      const std::string name = path + ".weight";
+      if (!always) {
+        if (has_bnb_nf4(reader, checkpoint_key(name, prefix))) out.linears[name] = linear;
+        continue;
+      }
       if (path == "lm_head" || (ends_with(path, "router.proj") && !options.nf4_router)) continue;
-      out.linears[path + ".weight"] = linear;
-    } else if (auto* experts = m.value()->as<Gemma4ExpertsImpl>(); experts && options.nf4_experts) {
+      out.linears[name] = linear;
+    } else if (auto* experts = m.value()->as<Gemma4ExpertsImpl>();
+               experts && always && options.nf4_experts) {
       auto lists = std::make_shared<std::vector<std::vector<Nf4Weight>>>();
       out.experts[path + ".gate_up_proj"] = {experts, lists};
       out.experts[path + ".down_proj"] = {experts, lists};
@@ -144,6 +152,27 @@ std::string detect_gemma4_prefix(const CheckpointReader& reader, const fs::path&
                    kTextOnlyPrefix + "embed_tokens.weight\": not a Gemma 4 text checkpoint");
 }
 
+void check_gemma4_tensors(const CheckpointReader& reader, const Gemma4Config& config,
+                          const std::string& prefix, const fs::path& dir) {
+  for (const Gemma4TensorInfo& info : gemma4_checkpoint_layout(config)) {
+    if (!info.used) continue;
+    const std::string key = prefix + info.name;
+    std::vector<int64_t> found;
+    if (has_bnb_nf4(reader, key)) {
+      found = read_bnb_nf4(reader, key, dir.string()).shape;
+    } else if (reader.contains(key)) {
+      found = reader.entry(key).shape;
+    } else {
+      throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
+                       shape_text(info.shape) + ")");
+    }
+    if (found != info.shape) {
+      throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " + shape_text(found) +
+                       ", expected " + shape_text(info.shape));
+    }
+  }
+}
+
 LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) {
   LoadedGemma4 out;
   out.config = load_gemma4_config((dir / "config.json").string());
@@ -159,7 +188,7 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
   }
   torch::NoGradGuard no_grad;
   std::set<std::string> used;
-  const Nf4Targets nf4 = nf4_targets(out.model, options);
+  const Nf4Targets nf4 = nf4_targets(out.model, options, reader, report.prefix);
   const auto check_dense = [&](const std::string& key, const std::vector<int64_t>& expected) {
     if (!reader.contains(key)) {
       throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
@@ -351,6 +380,7 @@ void quantize_gemma4_checkpoint(const fs::path& in_dir, const fs::path& out_dir,
   }
   const CheckpointReader reader(in_dir);
   const std::string prefix = detect_gemma4_prefix(reader, in_dir);
+  check_gemma4_tensors(reader, config, prefix, in_dir);
   const std::set<std::string> linear = linear_weight_names(config);
 
   // The parts of one quantized weight are written one after another; quantize each weight once.

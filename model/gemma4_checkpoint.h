@@ -38,15 +38,23 @@ std::string checkpoint_key(const std::string& module_name, const std::string& pr
 // when neither is there.
 std::string detect_gemma4_prefix(const CheckpointReader& reader, const std::filesystem::path& dir);
 
+enum class Nf4Base { kNever, kAsStored, kAlways };
+
+// Checks that `reader` holds every tensor the text decoder reads, with its shape (dense or in
+// bitsandbytes NF4); InputError naming `dir`, the key and the expected shape otherwise.
+void check_gemma4_tensors(const CheckpointReader& reader, const Gemma4Config& config,
+                          const std::string& prefix, const std::filesystem::path& dir);
+
 struct Gemma4LoadOptions {
   torch::ScalarType dtype = torch::kFloat32;  // compute dtype, and storage of dense tensors
   torch::Device device = torch::kCPU;
-  // QLoRA base: every decoder Linear held as frozen NF4 (a bitsandbytes 4-bit file as it is
-  // stored, a dense one quantized tensor by tensor while streaming). Embeddings, norms, the PLE
-  // table and an untied lm_head stay dense.
-  bool nf4_base = false;
-  bool nf4_experts = true;  // with nf4_base: the MoE experts as well
-  bool nf4_router = false;  // with nf4_base: the router's projection as well
+  // Which decoder weights are held as frozen NF4 (a QLoRA base): kAlways quantizes every decoder
+  // Linear (a bitsandbytes 4-bit tensor is kept as stored, a dense one quantized tensor by tensor
+  // while streaming); kAsStored keeps NF4 exactly the tensors the files hold in NF4; kNever
+  // dequantizes them. Embeddings, norms, the PLE table and an untied lm_head always stay dense.
+  Nf4Base nf4_base = Nf4Base::kNever;
+  bool nf4_experts = true;  // with kAlways: the MoE experts as well
+  bool nf4_router = false;  // with kAlways: the router's projection as well
 };
 
 // The bytes held in NF4 by a model loaded with nf4_base (0 for a dense model).

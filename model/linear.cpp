@@ -58,10 +58,18 @@ void LinearImpl::attach_lora(const LoraOptions& options, at::Generator& generato
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));
   lora_A->weight.set_data(
       torch::empty({options.r, in}, torch::kFloat32).uniform_(-bound, bound, generator).to(opts));
-  lora_B->weight.set_data(torch::zeros({out, options.r}, opts));
+  if (options.init_lora_weights) {
+    lora_B->weight.set_data(torch::zeros({out, options.r}, opts));
+  } else {
+    const double b_bound = 1.0 / std::sqrt(static_cast<double>(options.r));
+    lora_B->weight.set_data(torch::empty({out, options.r}, torch::kFloat32)
+                                .uniform_(-b_bound, b_bound, generator)
+                                .to(opts));
+  }
   if (options.use_dora) {
-    lora_magnitude_vector = register_parameter(
-        "lora_magnitude_vector", dense_weight(torch::kFloat32).norm(2, {1}).to(opts.dtype()));
+    const torch::Tensor w = dense_weight(torch::kFloat32) + lora_delta().to(torch::kFloat32);
+    lora_magnitude_vector =
+        register_parameter("lora_magnitude_vector", w.norm(2, {1}).to(opts.dtype()));
   }
 }
 

@@ -22,6 +22,9 @@ struct LoraOptions {
   double dropout = 0.0;
   bool use_rslora = false;  // scaling alpha/√r instead of alpha/r
   bool use_dora = false;
+  // PEFT's init_lora_weights: true starts B at zero (the model unchanged); false leaves B random
+  // as well, U(±1/√r), which PEFT offers for tests.
+  bool init_lora_weights = true;
   double scaling() const;
 };
 
@@ -39,8 +42,9 @@ class LinearImpl : public torch::nn::Module {
   // Moves the NF4 bytes with the module (the meta-device `weight` stays where it is).
   void to(torch::Device device, bool non_blocking = false) override;
 
-  // Registers a LoRA (or DoRA) adapter initialised as PEFT does: A ~ U(±1/√in), B = 0, and the
-  // DoRA magnitude = the row norms of W. Random draws come from `generator`.
+  // Registers a LoRA (or DoRA) adapter initialised as PEFT does: A ~ U(±1/√in), B = 0 (or
+  // U(±1/√r) without init_lora_weights), and the DoRA magnitude = the row norms of W + s·B·A.
+  // Random draws come from `generator`.
   void attach_lora(const LoraOptions& options, at::Generator& generator);
   bool has_lora() const { return lora_B != nullptr; }
   // s · B · A, [out, in].

@@ -83,6 +83,7 @@ MergedCheckpoint::MergedCheckpoint(const fs::path& model_dir,
       config_(load_gemma4_config((model_dir / "config.json").string())),
       reader_(std::make_unique<CheckpointReader>(model_dir)) {
   prefix_ = detect_gemma4_prefix(*reader_, model_dir);
+  check_gemma4_tensors(*reader_, config_, prefix_, model_dir);
   std::set<std::string> parts;  // the non-weight keys of NF4 weights
   for (const std::string& key : reader_->keys()) {
     if (!ends_with(key, ".weight") || !has_bnb_nf4(*reader_, key)) continue;
@@ -103,6 +104,14 @@ MergedCheckpoint::MergedCheckpoint(const fs::path& model_dir,
   adapter_ = read_peft_adapter_files(*adapter_dir);
   const std::string where = peft_adapter_weights_file(*adapter_dir).string();
   const int64_t r = adapter_.options.r;
+  for (auto it = adapter_.by_weight_key.begin(); it != adapter_.by_weight_key.end();) {
+    if (!contains(it->first) && is_other_tower_module(it->first, prefix_)) {
+      ignored_.push_back(it->first.substr(0, it->first.size() - 7));
+      it = adapter_.by_weight_key.erase(it);
+    } else {
+      ++it;
+    }
+  }
   for (const auto& [key, a] : adapter_.by_weight_key) {
     const std::string module = key.substr(0, key.size() - 7);
     if (!contains(key) || shape(key).size() != 2) {

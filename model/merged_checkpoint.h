@@ -57,6 +57,8 @@ class MergedCheckpoint {
   torch::ScalarType dtype(const std::string& key) const;
   bool adapted(const std::string& key) const { return adapter_.by_weight_key.count(key) != 0; }
   bool quantized(const std::string& key) const { return nf4_.count(key) != 0; }
+  // Adapted modules of another tower (vision, audio) whose weights this checkpoint does not hold.
+  const std::vector<std::string>& ignored_adapter_modules() const { return ignored_; }
   // The tensor, a fresh copy owned by the caller: float32 when merged or dequantized, else in the
   // file's dtype.
   torch::Tensor tensor(const std::string& key) const;
@@ -70,6 +72,7 @@ class MergedCheckpoint {
   std::vector<std::string> keys_;
   std::map<std::string, std::vector<int64_t>> shapes_;
   std::map<std::string, torch::ScalarType> nf4_;  // weight key -> original dtype
+  std::vector<std::string> ignored_;
 };
 
 // Writes `checkpoint` as a plain HF checkpoint folder `out_dir` (which must not exist; written

@@ -46,7 +46,7 @@ void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const 
                        {"bias", "none"},
                        {"fan_in_fan_out", false},
                        {"inference_mode", true},
-                       {"init_lora_weights", true},
+                       {"init_lora_weights", spec.lora.init_lora_weights},
                        {"layers_pattern", nullptr},
                        {"layers_to_transform", nullptr},
                        {"lora_alpha", spec.lora.alpha},
@@ -84,6 +84,11 @@ AdapterSpec read_peft_adapter_config(const fs::path& dir) {
     spec.lora.dropout = config.value("lora_dropout", 0.0);
     spec.lora.use_rslora = config.value("use_rslora", false);
     spec.lora.use_dora = config.value("use_dora", false);
+    // Only a boolean is meaningful once weights are stored (named init schemes were applied by
+    // whoever trained them).
+    spec.lora.init_lora_weights = !config.contains("init_lora_weights") ||
+                                  !config["init_lora_weights"].is_boolean() ||
+                                  config["init_lora_weights"].get<bool>();
     const json& targets = config.at("target_modules");
     if (targets.is_string()) {
       spec.target_regex = targets.get<std::string>();
@@ -105,6 +110,15 @@ AdapterSpec read_peft_adapter_config(const fs::path& dir) {
                      "\" is not supported (expected \"none\")");
   }
   return spec;
+}
+
+bool is_other_tower_module(const std::string& module_path, const std::string& prefix) {
+  const std::string root = kTextOnlyPrefix;
+  if (prefix != kMultimodalPrefix || module_path.rfind(root, 0) != 0) return false;
+  // "model.vision_tower...", "model.embed_audio...": the component after "model." names the tower.
+  const std::string tower =
+      module_path.substr(root.size(), module_path.find('.', root.size()) - root.size());
+  return tower.find("vision") != std::string::npos || tower.find("audio") != std::string::npos;
 }
 
 fs::path peft_adapter_weights_file(const fs::path& dir) { return dir / kWeightsFile; }
@@ -130,7 +144,8 @@ AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefi
     p.copy_(file.view(key));
   }
   for (const std::string& key : file.names()) {
-    if (!expected.count(key)) {
+    if (!expected.count(key) &&
+        !is_other_tower_module(key.substr(std::string(kPeftPrefix).size()), prefix)) {
       throw InputError(file.path().string() + ": tensor \"" + key +
                        "\" matches no adapted module of this model "
                        "(an adapter for another base?)");

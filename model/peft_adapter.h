@@ -19,6 +19,10 @@ constexpr const char* kPeftPrefix = "base_model.model.";
 // The options and targets of `dir`/adapter_config.json; InputError naming the file for anything
 // we cannot honour (not LoRA, per-module ranks, biases).
 AdapterSpec read_peft_adapter_config(const std::filesystem::path& dir);
+// Whether an adapter's module path (without kPeftPrefix) belongs to another tower of a multimodal
+// checkpoint (vision, audio): adapters trained on Gemma4ForConditionalGeneration with plain names
+// like "q_proj" carry those too, and a text model has nothing for them.
+bool is_other_tower_module(const std::string& module_path, const std::string& prefix);
 // `dir`/adapter_model.safetensors.
 std::filesystem::path peft_adapter_weights_file(const std::filesystem::path& dir);
 
@@ -27,8 +31,9 @@ std::filesystem::path peft_adapter_weights_file(const std::filesystem::path& dir
 void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const std::string& prefix,
                        const std::string& base_model_name, const std::filesystem::path& out_dir);
 
-// Attaches the adapters described in `dir` to `model` and loads their weights. InputError for an
-// adapter of another base (a key naming no module here), a rank mismatch, or a missing tensor.
+// Attaches the adapters described in `dir` to `model` and loads their weights (those of other
+// towers are skipped). InputError for an adapter of another base (a key naming no module here), a
+// rank mismatch, or a missing tensor.
 AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
                               const std::filesystem::path& dir);
 

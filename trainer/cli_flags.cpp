@@ -1,5 +1,7 @@
 #include "trainer/cli_flags.h"
 
+#include <cmath>
+
 #include <cerrno>
 #include <cstdlib>
 
@@ -81,6 +83,18 @@ int64_t CliFlags::integer_or(const std::string& name, int64_t fallback) const {
     throw InputError(command_ + ": --" + name + " expects an integer, found \"" + *v + "\"");
   }
   return out;
+}
+
+double CliFlags::number_or(const std::string& name, double fallback) const {
+  const auto v = optional(name);
+  if (!v) return fallback;
+  try {
+    size_t used = 0;
+    const double d = std::stod(*v, &used);
+    if (used == v->size() && std::isfinite(d)) return d;
+  } catch (const std::exception&) {
+  }
+  throw InputError(command_ + ": --" + name + " expects a number, found \"" + *v + "\"");
 }
 
 std::string CliFlags::choice_or(const std::string& name, const std::string& fallback,

@@ -22,6 +22,7 @@ class CliFlags {
   std::optional<std::string> optional(const std::string& name) const;
   std::string value_or(const std::string& name, const std::string& fallback) const;
   int64_t integer_or(const std::string& name, int64_t fallback) const;
+  double number_or(const std::string& name, double fallback) const;
   // One of `choices`; the error lists them.
   std::string choice_or(const std::string& name, const std::string& fallback,
                         const std::vector<std::string>& choices) const;

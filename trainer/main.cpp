@@ -9,6 +9,7 @@
 #include <torch/torch.h>
 
 #include "model/input_error.h"
+#include "trainer/export_command.h"
 #include "trainer/model_commands.h"
 #include "trainer/text_commands.h"
 
@@ -19,17 +20,24 @@ constexpr const char* kUsage =
     "commands:\n"
     "  init    --config <file|name> --out <dir> [--seed N] [--dtype bf16|f32] [--shard-size MB] "
     "[--text-only]\n"
-    "  logits  --model <dir> --ids <id,id,...> --out <file> [--adapter <dir>] [--dtype f32|bf16] "
+    "  logits  --model <dir> --ids <id,id,...> --out <file> [--adapter <dir>] [--load-in-4bit] "
+    "[--dtype f32|bf16] "
     "[--device "
     "cpu|cuda]\n"
     "  info    --model <dir>\n"
     "  quantize --model <dir> --out <dir> [--shard-size MB]\n"
+    "  adapter --model <dir> --out <dir> [--r N] [--alpha A] [--dropout P] [--dora] [--rslora]\n"
+    "          [--target-modules a,b,... | --target-regex RE] [--seed S] [--init peft|random]\n"
+    "  merge   --model <dir> --adapter <dir> --out <dir> [--dtype bf16|f32] [--shard-size MB]\n"
+    "  export  --format gguf --model <dir> [--adapter <dir>] --out <file.gguf> "
+    "[--dtype f32|f16|bf16|q8_0]\n"
     "  generate --model <dir> (--prompt TEXT | --messages FILE.json | --input prompts.jsonl "
     "--output out.jsonl)\n"
     "           [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] [--seed S] [--raw] "
     "[--ids]\n"
     "           [--thinking] [--batch-size N] [--no-cache] [--adapter <dir>] [--dtype f32|bf16] "
     "[--device cpu|cuda]\n"
+    "           [--load-in-4bit]\n"
     "  chat    --model <dir> [--system TEXT] [--thinking] [sampling flags as generate]\n"
     "  tokenize --model <dir> (--text TEXT [--bos] | --messages FILE.json)\n"
     "global: --threads N (default: all hardware threads)\n";
@@ -71,6 +79,9 @@ int main(int argc, char** argv) {
     if (command == "logits") return gemma::run_logits_command(args);
     if (command == "info") return gemma::run_info_command(args);
     if (command == "quantize") return gemma::run_quantize_command(args);
+    if (command == "adapter") return gemma::run_adapter_command(args);
+    if (command == "merge") return gemma::run_merge_command(args);
+    if (command == "export") return gemma::run_export_command(args);
     if (command == "generate") return gemma::run_generate_command(args);
     if (command == "chat") return gemma::run_chat_command(args);
     if (command == "tokenize") return gemma::run_tokenize_command(args);

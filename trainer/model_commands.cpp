@@ -16,6 +16,7 @@
 #include "model/gemma4_config.h"
 #include "model/input_error.h"
 #include "model/linear.h"
+#include "model/merged_checkpoint.h"
 #include "model/peft_adapter.h"
 #include "trainer/cli_flags.h"
 
@@ -90,13 +91,15 @@ int run_init_command(const std::vector<std::string>& args) {
 }
 
 int run_logits_command(const std::vector<std::string>& args) {
-  const CliFlags flags("logits", args, {"model", "ids", "out", "dtype", "device", "adapter"});
+  const CliFlags flags("logits", args, {"model", "ids", "out", "dtype", "device", "adapter"},
+                       {"load-in-4bit"});
   const fs::path model_dir = flags.required("model");
   const std::vector<int64_t> ids = parse_id_list(flags.required("ids"), "--ids");
   const fs::path out = flags.required("out");
   Gemma4LoadOptions options;
   options.dtype = dtype_from_flag(flags.choice_or("dtype", "f32", {"f32", "bf16"}));
   options.device = device_from_flag(flags.choice_or("device", "cpu", {"cpu", "cuda"}));
+  options.nf4_base = flags.has("load-in-4bit") ? Nf4Base::kAlways : Nf4Base::kAsStored;
 
   const auto t0 = std::chrono::steady_clock::now();
   LoadedGemma4 loaded = load_gemma4(model_dir, options);
@@ -138,6 +141,75 @@ int run_quantize_command(const std::vector<std::string>& args) {
   quantize_gemma4_checkpoint(flags.required("model"), out,
                              static_cast<uint64_t>(shard_mb) * 1000 * 1000);
   std::cout << "wrote " << out.string() << " (NF4 double-quant, bitsandbytes layout)\n";
+  return 0;
+}
+
+int run_adapter_command(const std::vector<std::string>& args) {
+  const CliFlags flags(
+      "adapter", args,
+      {"model", "out", "r", "alpha", "dropout", "target-modules", "target-regex", "seed", "init"},
+      {"dora", "rslora"});
+  const fs::path model_dir = flags.required("model");
+  const fs::path out = flags.required("out");
+  AdapterSpec spec;
+  spec.lora.r = flags.integer_or("r", 8);
+  if (spec.lora.r <= 0) throw InputError("adapter: --r expects a positive rank");
+  spec.lora.alpha = flags.number_or("alpha", static_cast<double>(spec.lora.r));
+  spec.lora.dropout = flags.number_or("dropout", 0.0);
+  if (spec.lora.dropout < 0 || spec.lora.dropout >= 1)
+    throw InputError("adapter: --dropout expects a probability in [0, 1)");
+  spec.lora.use_dora = flags.has("dora");
+  spec.lora.use_rslora = flags.has("rslora");
+  spec.lora.init_lora_weights = flags.choice_or("init", "peft", {"peft", "random"}) == "peft";
+  spec.seed = static_cast<uint64_t>(flags.integer_or("seed", 0));
+  if (flags.has("target-modules") && flags.has("target-regex"))
+    throw InputError("adapter: give --target-modules or --target-regex, not both");
+  if (const auto list = flags.optional("target-modules")) {
+    spec.target_modules.clear();
+    size_t start = 0;
+    while (start <= list->size()) {
+      const size_t comma = std::min(list->find(',', start), list->size());
+      const std::string name = list->substr(start, comma - start);
+      if (name.empty()) throw InputError("--target-modules: an empty name in \"" + *list + "\"");
+      spec.target_modules.push_back(name);
+      start = comma + 1;
+    }
+  }
+  spec.target_regex = flags.value_or("target-regex", "");
+  if (fs::exists(out))
+    throw InputError(out.string() + ": output folder already exists; choose a new path");
+
+  Gemma4LoadOptions options;
+  options.nf4_base = Nf4Base::kAsStored;  // DoRA magnitudes from the weights training will see
+  LoadedGemma4 loaded = load_gemma4(model_dir, options);
+  const std::vector<std::string> paths = attach_adapters(loaded.model, spec);
+  save_peft_adapter(loaded.model, spec, loaded.report.prefix, model_dir.string(), out);
+  std::cout << "wrote " << out.string() << " (" << (spec.lora.use_dora ? "DoRA" : "LoRA")
+            << " r=" << spec.lora.r << " on " << paths.size() << " modules)\n";
+  return 0;
+}
+
+int run_merge_command(const std::vector<std::string>& args) {
+  const CliFlags flags("merge", args, {"model", "adapter", "out", "dtype", "shard-size"});
+  const fs::path model_dir = flags.required("model");
+  const fs::path adapter = flags.required("adapter");
+  const fs::path out = flags.required("out");
+  const auto dtype = dtype_from_flag(flags.choice_or("dtype", "bf16", {"bf16", "f32"}));
+  const int64_t shard_mb = flags.integer_or("shard-size", 5000);
+  if (shard_mb <= 0) throw InputError("merge: --shard-size expects a positive number of MB");
+  if (fs::exists(out))
+    throw InputError(out.string() + ": output folder already exists; choose a new path");
+  const MergedCheckpoint checkpoint(model_dir, adapter);
+  if (!checkpoint.ignored_adapter_modules().empty()) {
+    std::cerr
+        << "merge: " << checkpoint.ignored_adapter_modules().size()
+        << " adapted modules of other towers are not in the checkpoint and were skipped (e.g. "
+        << checkpoint.ignored_adapter_modules().front() << ")\n";
+  }
+  write_merged_checkpoint(checkpoint, out, dtype, static_cast<uint64_t>(shard_mb) * 1000 * 1000);
+  std::cout << "wrote " << out.string() << " (" << checkpoint.keys().size() << " tensors, adapter "
+            << "merged in float32, stored as " << (dtype == torch::kBFloat16 ? "bf16" : "f32")
+            << ")\n";
   return 0;
 }
 

@@ -11,5 +11,7 @@ int run_init_command(const std::vector<std::string>& args);
 int run_logits_command(const std::vector<std::string>& args);
 int run_info_command(const std::vector<std::string>& args);
 int run_quantize_command(const std::vector<std::string>& args);
+int run_adapter_command(const std::vector<std::string>& args);
+int run_merge_command(const std::vector<std::string>& args);
 
 }  // namespace gemma

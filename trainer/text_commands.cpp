@@ -22,18 +22,6 @@ using json = nlohmann::json;
 
 namespace {
 
-double parse_number(const CliFlags& flags, const std::string& name, double fallback) {
-  const auto v = flags.optional(name);
-  if (!v) return fallback;
-  try {
-    size_t used = 0;
-    const double d = std::stod(*v, &used);
-    if (used == v->size()) return d;
-  } catch (const std::exception&) {
-  }
-  throw InputError("--" + name + " expects a number, found \"" + *v + "\"");
-}
-
 // The template options of the checkpoint's own chat_template.jinja, when it has one (§4.2:
 // revision-dependent); what differs from the built-in template is said on stderr.
 ChatOptions template_options(const fs::path& model_dir) {
@@ -66,6 +54,7 @@ TextModel load_text_model(const CliFlags& flags) {
       throw InputError("--device cuda: no CUDA device is available");
     options.device = torch::Device(torch::kCUDA);
   }
+  options.nf4_base = flags.has("load-in-4bit") ? Nf4Base::kAlways : Nf4Base::kAsStored;
   LoadedGemma4 loaded = load_gemma4(dir, options);
   if (const auto adapter = flags.optional("adapter"))
     load_peft_adapter(loaded.model, loaded.report.prefix, *adapter);
@@ -147,9 +136,9 @@ GenerationOptions generation_options(const CliFlags& flags, const TextModel& m) 
   GenerationOptions g;
   g.max_new_tokens = flags.integer_or("max-new-tokens", 256);
   if (g.max_new_tokens < 0) throw InputError("--max-new-tokens must be >= 0");
-  g.sampling.temperature = parse_number(flags, "temperature", 1.0);
+  g.sampling.temperature = flags.number_or("temperature", 1.0);
   g.sampling.top_k = flags.integer_or("top-k", 64);
-  g.sampling.top_p = parse_number(flags, "top-p", 0.95);
+  g.sampling.top_p = flags.number_or("top-p", 0.95);
   g.sampling.seed = static_cast<uint64_t>(flags.integer_or("seed", 0));
   if (g.sampling.temperature < 0) throw InputError("--temperature must be >= 0");
   if (g.sampling.top_k < 0) throw InputError("--top-k must be >= 0");
@@ -241,7 +230,7 @@ int run_generate_command(const std::vector<std::string>& args) {
       "generate", args,
       {"model", "prompt", "messages", "max-new-tokens", "temperature", "top-k", "top-p", "seed",
        "input", "output", "batch-size", "dtype", "device", "adapter"},
-      {"raw", "ids", "no-cache", "thinking"});
+      {"raw", "ids", "no-cache", "thinking", "load-in-4bit"});
   const int sources = flags.has("prompt") + flags.has("messages") + flags.has("input");
   if (sources != 1)
     throw InputError("generate: give exactly one of --prompt, --messages or --input");
@@ -285,7 +274,7 @@ int run_chat_command(const std::vector<std::string>& args) {
   const CliFlags flags("chat", args,
                        {"model", "max-new-tokens", "temperature", "top-k", "top-p", "seed", "dtype",
                         "device", "system", "adapter"},
-                       {"thinking"});
+                       {"thinking", "load-in-4bit"});
   TextModel m = load_text_model(flags);
   GenerationOptions g = generation_options(flags, m);
   std::vector<ChatMessage> history;

@@ -94,7 +94,7 @@ TEST(QloraBase, Nf4BaseEqualsItsDequantizedWeights) {
     quantize_gemma4_checkpoint(dir / "bf16", dir / "nf4");
 
     Gemma4LoadOptions qlora;
-    qlora.nf4_base = true;
+    qlora.nf4_base = Nf4Base::kAlways;
     {
       // By default the router stays dense; every other decoder Linear is NF4, with no dense
       // weight left behind.
@@ -160,7 +160,7 @@ TEST(QloraBase, AdapterGradientsEqualDequantizedDenseBase) {
         save_gemma4(model, dir / "f32", save);
       }
       Gemma4LoadOptions qlora;
-      qlora.nf4_base = true;
+      qlora.nf4_base = Nf4Base::kAlways;
       Gemma4ForCausalLM nf4 = load_gemma4(dir / "f32", qlora).model;
       Gemma4ForCausalLM dense = dequantized_copy(nf4, dir / "f32");
 

@@ -1,0 +1,44 @@
+#include "trainer/export_command.h"
+
+#include <filesystem>
+#include <iostream>
+#include <optional>
+
+#include "model/gguf_gemma4.h"
+#include "model/input_error.h"
+#include "model/merged_checkpoint.h"
+#include "trainer/cli_flags.h"
+
+namespace gemma {
+namespace fs = std::filesystem;
+
+int run_export_command(const std::vector<std::string>& args) {
+  const CliFlags flags("export", args, {"format", "model", "adapter", "out", "dtype"});
+  const std::string format = flags.required("format");
+  if (format != "gguf") {
+    throw InputError("export: --format expects gguf, found \"" + format + "\"");
+  }
+  const fs::path model_dir = flags.required("model");
+  const fs::path out = flags.required("out");
+  // bf16 by default: what llama.cpp's converter ("--outtype auto") picks for Gemma 4's bf16
+  // checkpoints; it keeps the weights' own precision at half the size of f32.
+  const GgufOutType out_type =
+      gguf_out_type_from_name(flags.choice_or("dtype", "bf16", {"f32", "f16", "bf16", "q8_0"}));
+  // Refuse an existing output before reading any weights.
+  if (fs::exists(out)) {
+    throw InputError(out.string() + ": output file already exists; choose a new path");
+  }
+  std::optional<fs::path> adapter;
+  if (const auto a = flags.optional("adapter")) adapter = fs::path(*a);
+
+  const MergedCheckpoint checkpoint(model_dir, adapter);
+  const Gemma4GgufExport report = export_gemma4_gguf(checkpoint, out, out_type);
+  std::cout << "wrote " << out.string() << " (gemma4 GGUF, " << report.tensor_count << " tensors, "
+            << report.n_vocab << " tokens, weights " << gguf_out_type_name(out_type)
+            << (adapter ? ", adapter merged" : "") << ", " << (report.file_bytes + 500000) / 1000000
+            << " MB)\n";
+  for (const std::string& caveat : report.caveats) std::cout << "note: " << caveat << "\n";
+  return 0;
+}
+
+}  // namespace gemma
