@@ -49,8 +49,12 @@ class ChunkedLoss : public torch::autograd::Function<ChunkedLoss> {
     const std::optional<double> cap = softcap > 0 ? std::optional<double>(softcap) : std::nullopt;
     const torch::Tensor scale = grad_out[0] / count;
     torch::Tensor grad_hidden = torch::empty_like(hidden);
-    torch::Tensor grad_w =
-        torch::zeros(lm_head.sizes(), lm_head.options().dtype(scale.scalar_type()));
+    // A frozen (tied) lm_head gets no gradient: a [vocab, hidden] buffer is the size of the
+    // embedding table, so it is only made when asked for.
+    const bool want_grad_w = ctx->needs_input_grad(1);
+    torch::Tensor grad_w;
+    if (want_grad_w)
+      grad_w = torch::zeros(lm_head.sizes(), lm_head.options().dtype(scale.scalar_type()));
     const int64_t n = hidden.size(0);
     for (int64_t start = 0; start < n; start += chunk) {
       const int64_t len = std::min(chunk, n - start);
@@ -64,10 +68,10 @@ class ChunkedLoss : public torch::autograd::Function<ChunkedLoss> {
       if (cap) grad = grad * (1 - (capped / *cap).pow(2));  // through cap · tanh(x / cap)
       grad_hidden.narrow(0, start, len)
           .copy_(torch::matmul(grad.to(lm_head.scalar_type()), lm_head));
-      grad_w += torch::matmul(grad.t(), h.to(grad.scalar_type()));
+      if (want_grad_w) grad_w += torch::matmul(grad.t(), h.to(grad.scalar_type()));
     }
-    return {grad_hidden, grad_w.to(lm_head.scalar_type()), torch::Tensor(), torch::Tensor(),
-            torch::Tensor()};
+    return {grad_hidden, want_grad_w ? grad_w.to(lm_head.scalar_type()) : torch::Tensor(),
+            torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
 
