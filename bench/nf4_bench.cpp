@@ -1,5 +1,5 @@
 // NF4 benchmarks (Google Benchmark): dequantization throughput of each implementation against a
-// memcpy of the same output size, and an NF4 matmul (dequantize, then matmul) against a dense
+// memcpy of the same output size, and the NF4 matmul against dequantize-then-matmul and a dense
 // matmul of the same shape. Run: build/bench/nf4_bench [--benchmark_filter=...]
 #include <benchmark/benchmark.h>
 
@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "kernels/nf4.h"
+#include "kernels/nf4_matmul.h"
 
 namespace gemma {
 namespace {
@@ -60,20 +61,35 @@ void BM_QuantizeCpu(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations() * kRows * kCols);
 }
 
-// y = x · Wᵀ for a batch of 512 tokens, W 4096x4096 in bf16.
-void BM_MatmulDenseBf16(benchmark::State& state) {
-  torch::manual_seed(0);
-  const torch::Tensor x = torch::randn({512, kCols}).to(torch::kBFloat16);
-  const torch::Tensor w = torch::randn({kRows, kCols}).to(torch::kBFloat16);
+// y = x · Wᵀ for a batch of 512 tokens, W 4096x4096, in the dtype of the argument: the dense
+// matmul, our NF4 matmul (nf4_linear: dequantize into the compute dtype, multiply, free), and the
+// naive dequantize-to-the-weight's-dtype-then-matmul it replaces.
+torch::Tensor tokens(torch::ScalarType dtype) {
+  torch::manual_seed(1);
+  return torch::randn({512, kCols}).to(dtype);
+}
+
+void BM_MatmulDense(benchmark::State& state) {
+  const auto dtype = static_cast<torch::ScalarType>(state.range(0));
+  const torch::Tensor x = tokens(dtype);
+  const torch::Tensor w = dequantize_nf4_as(weight(torch::kBFloat16), dtype);
   for (auto _ : state) benchmark::DoNotOptimize(torch::nn::functional::linear(x, w));
 }
 
-void BM_MatmulNf4Bf16(benchmark::State& state) {
-  torch::manual_seed(0);
-  const torch::Tensor x = torch::randn({512, kCols}).to(torch::kBFloat16);
+void BM_MatmulNf4(benchmark::State& state) {
+  const auto dtype = static_cast<torch::ScalarType>(state.range(0));
+  const torch::Tensor x = tokens(dtype);
   const Nf4Weight& w = weight(torch::kBFloat16);
-  for (auto _ : state)
-    benchmark::DoNotOptimize(torch::nn::functional::linear(x, dequantize_nf4(w)));
+  for (auto _ : state) benchmark::DoNotOptimize(nf4_linear(x, w));
+}
+
+void BM_MatmulDequantizeThenMatmul(benchmark::State& state) {
+  const auto dtype = static_cast<torch::ScalarType>(state.range(0));
+  const torch::Tensor x = tokens(dtype);
+  const Nf4Weight& w = weight(torch::kBFloat16);  // stored from bf16, as a bf16 checkpoint
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(torch::nn::functional::linear(x, dequantize_nf4(w).to(dtype)));
+  }
 }
 
 BENCHMARK(BM_Memcpy)
@@ -89,8 +105,15 @@ BENCHMARK(BM_DequantizeCpu)
     ->Arg(static_cast<int>(torch::kBFloat16))
     ->UseRealTime();
 BENCHMARK(BM_QuantizeCpu)->UseRealTime();
-BENCHMARK(BM_MatmulDenseBf16)->UseRealTime()->Unit(benchmark::kMillisecond);
-BENCHMARK(BM_MatmulNf4Bf16)->UseRealTime()->Unit(benchmark::kMillisecond);
+#define MATMUL_BENCHMARK(fn)                    \
+  BENCHMARK(fn)                                 \
+      ->Arg(static_cast<int>(torch::kFloat32))  \
+      ->Arg(static_cast<int>(torch::kBFloat16)) \
+      ->UseRealTime()                           \
+      ->Unit(benchmark::kMillisecond)
+MATMUL_BENCHMARK(BM_MatmulDense);
+MATMUL_BENCHMARK(BM_MatmulNf4);
+MATMUL_BENCHMARK(BM_MatmulDequantizeThenMatmul);
 
 }  // namespace
 }  // namespace gemma

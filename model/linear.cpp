@@ -27,6 +27,7 @@ torch::Tensor LinearImpl::dense_weight(torch::ScalarType dtype) const {
 }
 
 void LinearImpl::to(torch::Device device, bool non_blocking) {
+  dora_norm_cache_ = torch::Tensor();
   if (!nf4_) {
     torch::nn::Module::to(device, non_blocking);
     return;
@@ -67,10 +68,30 @@ void LinearImpl::attach_lora(const LoraOptions& options, at::Generator& generato
                                 .to(opts));
   }
   if (options.use_dora) {
-    const torch::Tensor w = dense_weight(torch::kFloat32) + lora_delta().to(torch::kFloat32);
+    const auto dtype = weight.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+    const torch::Tensor w = dense_weight(dtype) + lora_delta().to(dtype);
     lora_magnitude_vector =
         register_parameter("lora_magnitude_vector", w.norm(2, {1}).to(opts.dtype()));
   }
+}
+
+torch::Tensor LinearImpl::dora_weight_norm() {
+  // Without gradients (generation, evaluation) the norm only changes when A or B does: keep it,
+  // keyed on their version counters, instead of dequantizing W on every decoding step.
+  const bool cacheable = !torch::GradMode::is_enabled();
+  const std::pair<int64_t, int64_t> versions{lora_A->weight._version(), lora_B->weight._version()};
+  if (cacheable && dora_norm_cache_.defined() && dora_norm_versions_ == versions)
+    return dora_norm_cache_;
+  torch::NoGradGuard no_grad;
+  const torch::Tensor w = dense_weight(weight.scalar_type());
+  torch::Tensor norm = (w + lora_delta().to(w.scalar_type())).norm(2, {1});
+  if (cacheable) {
+    dora_norm_cache_ = norm;
+    dora_norm_versions_ = versions;
+  } else {
+    dora_norm_cache_ = torch::Tensor();
+  }
+  return norm;
 }
 
 torch::Tensor LinearImpl::lora_delta() const {
@@ -87,12 +108,7 @@ torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
   if (!lora_magnitude_vector.defined()) return y + (lora * s).to(y.scalar_type());
   // DoRA (qlora-formats.md §3.6): k = m / ‖W + ΔW‖ per output row, the norm treated as a constant;
   // y = base + (k - 1)·(x_d·Wᵀ) + k·s·B(A(x_d)).
-  torch::Tensor norm;
-  {
-    torch::NoGradGuard no_grad;
-    const torch::Tensor w = dense_weight(weight.scalar_type());
-    norm = (w + lora_delta().to(w.scalar_type())).norm(2, {1});
-  }
+  const torch::Tensor norm = dora_weight_norm();
   const torch::Tensor k = lora_magnitude_vector / norm;
   const torch::Tensor base_x = drop ? base_forward(xd) : y;
   return y + ((k - 1) * base_x + k * lora * s).to(y.scalar_type());

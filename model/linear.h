@@ -9,6 +9,7 @@
 #pragma once
 
 #include <memory>
+#include <utility>
 
 #include <torch/torch.h>
 
@@ -58,7 +59,11 @@ class LinearImpl : public torch::nn::Module {
 
  private:
   torch::Tensor base_forward(const torch::Tensor& x) const;
+  // DoRA's ‖W + ΔW‖ per output row, treated as a constant (no gradient).
+  torch::Tensor dora_weight_norm();
   std::shared_ptr<Nf4Weight> nf4_;
+  torch::Tensor dora_norm_cache_;
+  std::pair<int64_t, int64_t> dora_norm_versions_{-1, -1};
 };
 TORCH_MODULE(Linear);
 

@@ -1,6 +1,7 @@
 #include "trainer/export_command.h"
 
 #include <filesystem>
+#include <iomanip>
 #include <iostream>
 #include <optional>
 
@@ -35,8 +36,8 @@ int run_export_command(const std::vector<std::string>& args) {
   const Gemma4GgufExport report = export_gemma4_gguf(checkpoint, out, out_type);
   std::cout << "wrote " << out.string() << " (gemma4 GGUF, " << report.tensor_count << " tensors, "
             << report.n_vocab << " tokens, weights " << gguf_out_type_name(out_type)
-            << (adapter ? ", adapter merged" : "") << ", " << (report.file_bytes + 500000) / 1000000
-            << " MB)\n";
+            << (adapter ? ", adapter merged" : "") << ", " << std::fixed << std::setprecision(1)
+            << static_cast<double>(report.file_bytes) / 1e6 << " MB)\n";
   for (const std::string& caveat : report.caveats) std::cout << "note: " << caveat << "\n";
   return 0;
 }

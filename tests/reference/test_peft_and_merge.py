@@ -145,7 +145,12 @@ def test_merge_onto_an_nf4_base(gemma_train, base, tmp_path):
     assert "quantization_config" not in json.loads((merged / "config.json").read_text())
     assert relative_error(logits(gemma_train, merged, tmp_path), unmerged) < 1e-5
     # Quantizing really changed the weights: the NF4 base differs from the original one.
-    assert relative_error(logits(gemma_train, nf4, tmp_path), logits(gemma_train, base, tmp_path)) > 1e-3
+    stored = logits(gemma_train, nf4, tmp_path)
+    assert relative_error(stored, logits(gemma_train, base, tmp_path)) > 1e-3
+    # --load-in-4bit quantizes the dense checkpoint while loading: the same NF4 numbers (the MoE
+    # router, which the file holds in NF4 but --load-in-4bit keeps dense, is absent here).
+    streamed = logits(gemma_train, base, tmp_path, "--load-in-4bit")
+    assert relative_error(streamed, stored) < 1e-6
 
 
 def no_leftovers(folder, before):
