@@ -11,7 +11,7 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Nf4Weight* w) {
     ctx->saved_data["weight"] = reinterpret_cast<int64_t>(w);
-    return torch::matmul(x, dequantize_nf4_as(*w, x.scalar_type()).t());
+    return torch::nn::functional::linear(x, dequantize_nf4_as(*w, x.scalar_type()));
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -24,11 +24,10 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
 }  // namespace
 
 torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype) {
-  Nf4Weight as = w;  // shares the tensors
-  const bool direct = dtype == torch::kBFloat16 || dtype == torch::kFloat32;
-  as.dtype = direct ? dtype : torch::kFloat32;
-  const torch::Tensor out = dequantize_nf4(as);
-  return direct ? out : out.to(dtype);
+  // As bitsandbytes: dequantize into the dtype the weight was quantized from, then cast. (A bf16
+  // weight computed in f32 thus sees bf16-rounded values, exactly as bitsandbytes computes it.)
+  const torch::Tensor out = dequantize_nf4(w);
+  return out.scalar_type() == dtype ? out : out.to(dtype);
 }
 
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w) {
@@ -36,7 +35,7 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w) {
               "] against a weight of ", w.shape.size(), " dims");
   if (!x.requires_grad() || !torch::GradMode::is_enabled()) {
     torch::NoGradGuard no_grad;
-    return torch::matmul(x, dequantize_nf4_as(w, x.scalar_type()).t());
+    return torch::nn::functional::linear(x, dequantize_nf4_as(w, x.scalar_type()));
   }
   return Nf4LinearFunction::apply(x, &w);
 }

@@ -10,11 +10,12 @@
 
 namespace gemma {
 
-// W dequantized into `dtype` (bf16 and f32 straight from the kernels; other dtypes via f32).
+// W dequantized as bitsandbytes does (into the dtype it was quantized from), then cast to `dtype`.
 torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype);
 
-// x [..., in] -> [..., out], differentiable in x. `w` must outlive the autograd graph (it is held
-// by reference: the frozen weights belong to the model).
+// x [..., in] -> [..., out], differentiable in x; the same kernel as a dense Linear, so an NF4 base
+// computes bit for bit what its dequantized weights compute as dense tensors. `w` must outlive the
+// autograd graph (it is held by reference: the frozen weights belong to the model).
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w);
 
 }  // namespace gemma

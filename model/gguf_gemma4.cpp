@@ -478,12 +478,14 @@ std::vector<std::string> gemma4_gguf_caveats(const Gemma4Config& config) {
     const Gemma4LayerSpec& s = config.layers[i];
     const int64_t llama_source = first_shared - (s.type == LayerType::kSliding ? 2 : 1);
     if (s.kv_shared && s.kv_source != llama_source) {
-      caveats.push_back("layer " + std::to_string(i) + " reuses the K/V of layer " +
-                        std::to_string(s.kv_source) + ", but llama.cpp's gemma4 reads layer " +
-                        std::to_string(llama_source) + " (it assumes layers " +
-                        std::to_string(first_shared - 2) + " and " +
-                        std::to_string(first_shared - 1) +
-                        " are sliding and full); llama.cpp's outputs will differ");
+      // Then layer llama_source is of the other attention type, and llama.cpp's KV cache for
+      // this type has no entry for it and llama.cpp aborts (seen with llama-cpp-python 0.3.36).
+      caveats.push_back(
+          "layer " + std::to_string(i) + " reuses the K/V of layer " + std::to_string(s.kv_source) +
+          ", but llama.cpp's gemma4 assumes layers " + std::to_string(first_shared - 2) + " and " +
+          std::to_string(first_shared - 1) + " are sliding and full and would read layer " +
+          std::to_string(llama_source) +
+          ": llama.cpp will abort loading this file (other GGUF readers are fine)");
       break;
     }
   }

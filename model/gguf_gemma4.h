@@ -69,7 +69,7 @@ std::vector<float> gemma4_rope_freqs(const Gemma4Config& config);
 
 // InputError for a config llama.cpp's gemma4 graph cannot compute (RoPE it cannot express).
 void check_gemma4_gguf_support(const Gemma4Config& config, const std::string& where);
-// Settings the file can carry but llama.cpp will compute differently, one sentence each.
+// Settings the file carries that llama.cpp computes differently or cannot run, one sentence each.
 std::vector<std::string> gemma4_gguf_caveats(const Gemma4Config& config);
 
 // The §2 metadata of `config` and `vocab`.

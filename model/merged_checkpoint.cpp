@@ -4,6 +4,7 @@
 #include <set>
 
 #include "kernels/nf4.h"
+#include "kernels/nf4_matmul.h"
 #include "model/atomic_output.h"
 #include "model/bnb_nf4_format.h"
 #include "model/gemma4_checkpoint.h"
@@ -159,9 +160,8 @@ torch::Tensor MergedCheckpoint::tensor(const std::string& key) const {
   torch::NoGradGuard no_grad;
   torch::Tensor t;
   if (nf4_.count(key)) {
-    Nf4Weight q = read_bnb_nf4(*reader_, key, dir_.string());
-    q.dtype = torch::kFloat32;  // dequantize straight to float32
-    t = dequantize_nf4(q);
+    // Dequantized as bitsandbytes does (in the original dtype): what the NF4 base computed with.
+    t = dequantize_nf4_as(read_bnb_nf4(*reader_, key, dir_.string()), torch::kFloat32);
     for (const std::string& part : bnb_nf4_keys(key)) reader_->release(part);
   } else {
     shape(key);

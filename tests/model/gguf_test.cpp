@@ -491,7 +491,7 @@ TEST(GgufGemma4, TinyE2bF32HasEveryKeyAndTensorWithTheCheckpointsValues) {
   EXPECT_FLOAT_EQ(r.find("gemma4.attention.layer_norm_rms_epsilon")->f, 1e-6f);
   EXPECT_EQ(r.find("gemma4.attention.sliding_window")->u, 4u);
   EXPECT_EQ(int_items(*r.find("gemma4.attention.sliding_window_pattern")),
-            (std::vector<int64_t>{1, 1, 0, 1, 1, 0}));
+            (std::vector<int64_t>{1, 1, 1, 0, 1, 0}));
   EXPECT_EQ(r.find("gemma4.attention.shared_kv_layers")->u, 2u);
   EXPECT_EQ(r.find("gemma4.embedding_length_per_layer_input")->u, 16u);
   EXPECT_EQ(r.find("gemma4.rope.freq_base")->f, 1e6);
@@ -734,11 +734,18 @@ TEST(GgufGemma4, BadInputIsAnErrorAndLeavesNoFile) {
 }
 
 TEST(GgufGemma4, CaveatsNameWhatLlamaCppComputesDifferently) {
-  // tiny-e2b's shared layers read layers 3 (sliding) and 2 (full); llama.cpp reads S-2 = 2 for
-  // sliding and S-1 = 3 for full layers.
-  const auto caveats = gemma4_gguf_caveats(bundled_config("tiny-e2b"));
+  // tiny-e2b with its layers 2 and 3 swapped: the shared layers then read layers 3 (sliding) and
+  // 2 (full); llama.cpp reads S-2 = 2 for sliding and S-1 = 3 for full layers.
+  nlohmann::json swapped = nlohmann::json::parse(*bundled_config_json("tiny-e2b"));
+  swapped["text_config"]["layer_types"] = {"sliding_attention", "sliding_attention",
+                                           "full_attention",    "sliding_attention",
+                                           "sliding_attention", "full_attention"};
+  const auto caveats =
+      gemma4_gguf_caveats(parse_gemma4_config(swapped.dump(), "tiny-e2b, layers 2 and 3 swapped"));
   ASSERT_EQ(caveats.size(), 1u);
   EXPECT_NE(caveats[0].find("layer 4"), std::string::npos) << caveats[0];
+  EXPECT_TRUE(gemma4_gguf_caveats(bundled_config("tiny-e2b")).empty());
+  EXPECT_TRUE(gemma4_gguf_caveats(bundled_config("demo")).empty());
   EXPECT_TRUE(gemma4_gguf_caveats(bundled_config("tiny-31b")).empty());
   EXPECT_TRUE(gemma4_gguf_caveats(bundled_config("e2b")).empty());
   EXPECT_TRUE(gemma4_gguf_caveats(bundled_config("e4b")).empty());

@@ -18,8 +18,8 @@ namespace {
 using testing::bundled_config;
 using testing::CountingCpuAllocator;
 using testing::random_ids;
-using testing::random_model;
 using testing::ScratchDir;
+using testing::write_random_checkpoint;
 
 // Bytes of every parameter and buffer that owns real storage (placeholders of NF4 weights do not).
 int64_t dense_bytes(Gemma4ForCausalLM& model) {
@@ -67,12 +67,7 @@ TEST(QloraMemory, BaseStaysAtNf4BytesAndCheckpointingCutsActivations) {
   EXPECT_LT(parameters, 350'000'000);
 
   ScratchDir dir;
-  {
-    Gemma4ForCausalLM model = random_model(c, 1, torch::kBFloat16);
-    Gemma4SaveOptions save;
-    save.dtype = torch::kBFloat16;
-    save_gemma4(model, dir / "bf16", save);
-  }
+  write_random_checkpoint(c, 1, torch::kBFloat16, dir / "bf16");
   CountingCpuAllocator& counter = CountingCpuAllocator::install();
   const int64_t before_load = counter.live_bytes();
   Gemma4LoadOptions options;

@@ -15,9 +15,9 @@ namespace {
 using testing::bundled_config;
 using testing::logits_of;
 using testing::random_ids;
-using testing::random_model;
 using testing::relative_error;
 using testing::ScratchDir;
+using testing::write_random_checkpoint;
 
 TEST(Nf4Matmul, ForwardAndInputGradientEqualDequantizedMatmul) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(7);
@@ -85,12 +85,7 @@ TEST(QloraBase, Nf4BaseEqualsItsDequantizedWeights) {
     SCOPED_TRACE(name);
     const Gemma4Config c = bundled_config(name);
     ScratchDir dir;
-    {
-      Gemma4ForCausalLM model = random_model(c, 11, torch::kBFloat16);
-      Gemma4SaveOptions save;
-      save.dtype = torch::kBFloat16;
-      save_gemma4(model, dir / "bf16", save);
-    }
+    write_random_checkpoint(c, 11, torch::kBFloat16, dir / "bf16");
     quantize_gemma4_checkpoint(dir / "bf16", dir / "nf4");
 
     Gemma4LoadOptions qlora;
@@ -153,12 +148,7 @@ TEST(QloraBase, AdapterGradientsEqualDequantizedDenseBase) {
       SCOPED_TRACE(std::string(name) + (dora ? " DoRA" : " LoRA"));
       const Gemma4Config c = bundled_config(name);
       ScratchDir dir;
-      {
-        Gemma4ForCausalLM model = random_model(c, 5, torch::kFloat32);
-        Gemma4SaveOptions save;
-        save.dtype = torch::kFloat32;
-        save_gemma4(model, dir / "f32", save);
-      }
+      write_random_checkpoint(c, 5, torch::kFloat32, dir / "f32");
       Gemma4LoadOptions qlora;
       qlora.nf4_base = Nf4Base::kAlways;
       Gemma4ForCausalLM nf4 = load_gemma4(dir / "f32", qlora).model;

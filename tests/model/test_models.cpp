@@ -25,6 +25,14 @@ Gemma4ForCausalLM random_model(const Gemma4Config& config, uint64_t seed, torch:
   return model;
 }
 
+void write_random_checkpoint(const Gemma4Config& config, uint64_t seed, torch::ScalarType dtype,
+                             const std::filesystem::path& dir) {
+  Gemma4ForCausalLM model = random_model(config, seed, dtype);
+  Gemma4SaveOptions save;
+  save.dtype = dtype;
+  save_gemma4(model, dir, save);
+}
+
 torch::Tensor logits_of(Gemma4ForCausalLM& model, const torch::Tensor& ids) {
   torch::NoGradGuard no_grad;
   Gemma4Input in;

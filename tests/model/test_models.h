@@ -18,6 +18,10 @@ Gemma4Config bundled_config(const std::string& name);
 Gemma4ForCausalLM random_model(const Gemma4Config& config, uint64_t seed,
                                torch::ScalarType dtype = torch::kFloat32);
 
+// Writes random_model(config, seed, dtype) as a checkpoint folder `dir` (multimodal layout).
+void write_random_checkpoint(const Gemma4Config& config, uint64_t seed, torch::ScalarType dtype,
+                             const std::filesystem::path& dir);
+
 // Logits of `ids` [B, T] without building an autograd graph.
 torch::Tensor logits_of(Gemma4ForCausalLM& model, const torch::Tensor& ids);
 

@@ -407,3 +407,25 @@ def test_bad_input_is_one_line_and_leaves_nothing(gemma_train, checkpoint, tmp_p
     out.write_bytes(b"mine")
     expect_error(gemma_train, base, "already exists")
     assert out.read_bytes() == b"mine"
+
+
+@pytest.mark.parametrize("kind,multimodal", [("e2b_like", True), ("31b_like", False), ("moe_like", False)])
+def test_llama_cpp_computes_what_transformers_computes(gemma_train, checkpoint, tmp_path, kind, multimodal):
+    """The file in llama.cpp itself (llama-cpp-python; not in scripts/setup.sh, as it builds
+    llama.cpp from source: skipped when absent). f32 weights, f32 KV cache, no flash attention;
+    what is left is llama.cpp's fp16 GELU table and fp32 sqrt(H) (gguf-gemma4.md §7). e2b_like has
+    the KV-sharing layout llama.cpp assumes (layers S-2/S-1 sliding/full)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = checkpoint(kind, multimodal)
+    export(gemma_train, model, tmp_path / "m.gguf", "f32")
+    ids = np.random.default_rng(0).integers(3, N_TOKENS, size=19).tolist()
+    with torch.no_grad():
+        expected = hf_model(kind, multimodal)(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+    llm = llama_cpp.Llama(model_path=str(tmp_path / "m.gguf"), n_ctx=64, n_batch=64, logits_all=True,
+                          verbose=False, flash_attn=False, type_k=0, type_v=0)
+    llm.eval(ids)
+    got = np.array(llm.scores[: len(ids)])
+    assert got.shape[1] == N_TOKENS
+    expected = expected[:, :N_TOKENS]
+    assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-2
+    assert (got.argmax(1) == expected.argmax(1)).all()
