@@ -54,6 +54,9 @@ Nf4Weight quantize_nf4_reference(const torch::Tensor& weight);
 torch::Tensor dequantize_nf4_reference(const Nf4Weight& w);
 Nf4Weight quantize_nf4_cpu(const torch::Tensor& weight);
 torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w);
+// The values dequantization in `w.dtype` gives, stored as `out_dtype` (a bf16 weight widened to
+// f32 block by block, in one pass).
+torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w, torch::ScalarType out_dtype);
 // Which CPU instruction set the fast path uses here: "avx512", "avx2" or "scalar".
 const char* nf4_cpu_isa();
 bool nf4_cuda_available();  // CUDA kernels built in and a GPU present

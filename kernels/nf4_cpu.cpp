@@ -270,20 +270,33 @@ Nf4Weight quantize_nf4_cpu(const torch::Tensor& weight) {
   return w;
 }
 
-torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w) {
+torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w) { return dequantize_nf4_cpu(w, w.dtype); }
+
+torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w, torch::ScalarType out_dtype) {
   TORCH_CHECK(w.packed.device().is_cpu(), "dequantize_nf4_cpu: CPU tensors");
   const torch::Tensor absmax = dequantize_nf4_absmax(w).contiguous();
   const int64_t n = w.numel(), bs = w.blocksize, blocks = absmax.numel();
   const bool bf16 = w.dtype == torch::kBFloat16;
+  // bf16 values widened to f32 block by block: what bitsandbytes computes in f32 from a bf16
+  // weight, without a bf16 copy of the whole weight.
+  const bool widen = bf16 && out_dtype == torch::kFloat32;
   const torch::Tensor lut_t = w.quant_map.to(torch::kFloat32).contiguous();
   const float* lut = lut_t.data_ptr<float>();
-  torch::Tensor out = torch::empty({n}, bf16 ? torch::kBFloat16 : torch::kFloat32);
+  torch::Tensor out = torch::empty({n}, bf16 && !widen ? torch::kBFloat16 : torch::kFloat32);
   const uint8_t* packed = w.packed.data_ptr<uint8_t>();
   const float* amax = absmax.data_ptr<float>();
   at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
+    uint16_t rounded[kNf4BlockSize];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = b * bs, len = std::min(bs, n - first);
-      if (bf16) {
+      if (widen) {
+        dequant_block(packed, first, len, amax[b], lut, rounded);
+        float* dst = out.data_ptr<float>() + first;
+        for (int64_t i = 0; i < len; ++i) {
+          const uint32_t bits = static_cast<uint32_t>(rounded[i]) << 16;
+          std::memcpy(dst + i, &bits, sizeof(float));
+        }
+      } else if (bf16) {
         dequant_block(packed, first, len, amax[b], lut,
                       reinterpret_cast<uint16_t*>(out.data_ptr()) + first);
       } else {
@@ -291,7 +304,9 @@ torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w) {
       }
     }
   });
-  return (bf16 || w.dtype == torch::kFloat32 ? out : out.to(w.dtype)).view(w.shape);
+  torch::Tensor values = out.view(w.shape);
+  if (!widen && values.scalar_type() != w.dtype) values = values.to(w.dtype);  // e.g. f16
+  return values.scalar_type() == out_dtype ? values : values.to(out_dtype);
 }
 
 }  // namespace gemma

@@ -26,7 +26,9 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
 torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype) {
   // As bitsandbytes: dequantize into the dtype the weight was quantized from, then cast. (A bf16
   // weight computed in f32 thus sees bf16-rounded values, exactly as bitsandbytes computes it.)
-  const torch::Tensor out = dequantize_nf4(w);
+  const bool fast_cpu =
+      w.packed.device().is_cpu() && (w.dtype == torch::kBFloat16 || w.dtype == torch::kFloat32);
+  const torch::Tensor out = fast_cpu ? dequantize_nf4_cpu(w, dtype) : dequantize_nf4(w);
   return out.scalar_type() == dtype ? out : out.to(dtype);
 }
 

@@ -103,6 +103,10 @@ TEST(Nf4, CpuFastPathEqualsReferenceBitForBit) {
       EXPECT_EQ(b.scalar_type(), dtype);
       EXPECT_EQ(b.sizes(), w.sizes());
       EXPECT_TRUE(torch::equal(a, b));
+      // Stored straight as f32 (the f32-compute path): exactly the w.dtype values, widened.
+      const torch::Tensor widened = dequantize_nf4_cpu(ref, torch::kFloat32);
+      EXPECT_EQ(widened.scalar_type(), torch::kFloat32);
+      EXPECT_TRUE(torch::equal(widened, a.to(torch::kFloat32)));
       // NF4 error is bounded by half the widest table gap times the block absmax.
       EXPECT_LT((a.to(torch::kFloat32) - w.to(torch::kFloat32)).abs().max().item<float>(),
                 0.2f * w.to(torch::kFloat32).abs().max().item<float>() + 1e-6f);
