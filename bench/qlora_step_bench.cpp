@@ -1,6 +1,7 @@
 // One QLoRA training step (forward, chunked causal-LM loss, backward into LoRA adapters) on an NF4
 // base against the same step on a dense base of the same dtype, for configs/bench-100m.json.
-// Target: the NF4 step at most 1.3x the dense one. Run: build/bench/qlora_step_bench
+// Target: the NF4 step at most 1.3x the dense one. Run: build/bench/qlora_step_bench (median of 3
+// repetitions after a warm-up step).
 #include <benchmark/benchmark.h>
 
 #include <unistd.h>
@@ -53,7 +54,7 @@ void BM_TrainingStep(benchmark::State& state) {
   const Gemma4Config& c = model->config();
   auto gen = at::make_generator<at::CPUGeneratorImpl>(1);
   const torch::Tensor ids = torch::randint(c.vocab_size, {1, kTokens + 1}, gen, torch::kInt64);
-  for (auto _ : state) {
+  const auto step = [&] {
     Gemma4Input in;
     in.input_ids = ids.narrow(1, 0, kTokens);
     const torch::Tensor hidden = model->model->forward(in).reshape({kTokens, c.hidden_size});
@@ -62,7 +63,9 @@ void BM_TrainingStep(benchmark::State& state) {
                                                       c.final_logit_softcapping, 256);
     loss.backward();
     for (auto& [name, p] : trainable_parameters(model)) p.mutable_grad().reset();
-  }
+  };
+  step();  // warm-up: first-touch allocations
+  for (auto _ : state) step();
   state.SetItemsProcessed(state.iterations() * kTokens);
   state.SetLabel(std::string(nf4 ? "NF4 base" : "dense base") + ", " + c10::toString(dtype));
 }
@@ -71,7 +74,9 @@ BENCHMARK(BM_TrainingStep)
     ->ArgsProduct({{0, 1}, {static_cast<int>(torch::kFloat32), static_cast<int>(torch::kBFloat16)}})
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond)
-    ->MinTime(3.0);
+    ->MinTime(3.0)
+    ->Repetitions(3)
+    ->ReportAggregatesOnly(true);
 
 }  // namespace
 }  // namespace gemma
