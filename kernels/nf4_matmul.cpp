@@ -15,7 +15,9 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const auto* w = reinterpret_cast<const Nf4Weight*>(ctx->saved_data["weight"].toInt());
+    // The weight travels as an integer: saved_data holds IValues only.
+    const auto* w = reinterpret_cast<const Nf4Weight*>(  // NOLINT(performance-no-int-to-ptr)
+        ctx->saved_data["weight"].toInt());
     const torch::Tensor& grad_y = grads[0];
     return {torch::matmul(grad_y, dequantize_nf4_as(*w, grad_y.scalar_type())), torch::Tensor()};
   }

@@ -96,7 +96,7 @@ GgufValue read_value(Cursor& c, GgufType type, const std::string& key, int depth
       v.u = c.pod<uint8_t>(key);
       break;
     case GgufType::kInt8:
-      v.i = c.pod<int8_t>(key);
+      v.i = c.pod<int8_t>(key);  // NOLINT(bugprone-signed-char-misuse): GGUF int8 is signed
       break;
     case GgufType::kUint16:
       v.u = c.pod<uint16_t>(key);

@@ -46,7 +46,8 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
-    auto* layer = reinterpret_cast<Gemma4DecoderLayerImpl*>(ctx->saved_data["layer"].toInt());
+    auto* layer = reinterpret_cast<Gemma4DecoderLayerImpl*>(  // NOLINT(performance-no-int-to-ptr)
+        ctx->saved_data["layer"].toInt());
     // Recompute with gradients on, from detached copies of the inputs.
     const auto leaf = [](const torch::Tensor& placeholder) {
       const torch::Tensor t = from_placeholder(placeholder);

@@ -69,7 +69,7 @@ PeftAdapterFiles read_peft_adapter_files(const fs::path& dir) {
 torch::Tensor merge_adapter_into_weight(const torch::Tensor& weight, const AdapterTensors& adapter,
                                         const LoraOptions& options) {
   const torch::Tensor w = weight.to(torch::kFloat32);
-  const torch::Tensor merged =
+  torch::Tensor merged =
       w + torch::matmul(adapter.lora_B.to(torch::kFloat32), adapter.lora_A.to(torch::kFloat32)) *
               options.scaling();
   if (!adapter.magnitude.defined()) return merged;

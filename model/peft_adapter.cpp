@@ -125,7 +125,7 @@ fs::path peft_adapter_weights_file(const fs::path& dir) { return dir / kWeightsF
 
 AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
                               const fs::path& dir) {
-  const AdapterSpec spec = read_peft_adapter_config(dir);
+  AdapterSpec spec = read_peft_adapter_config(dir);
   const SafetensorsFile file(dir / kWeightsFile);
   attach_adapters(model, spec);
   std::set<std::string> expected;
