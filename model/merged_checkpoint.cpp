@@ -103,6 +103,14 @@ MergedCheckpoint::MergedCheckpoint(const fs::path& model_dir,
   if (!adapter_dir) return;
 
   adapter_ = read_peft_adapter_files(*adapter_dir);
+  {
+    std::map<std::string, AdapterTensors> respelt;
+    for (auto& [key, tensors] : adapter_.by_weight_key) {
+      const std::string spelt = contains(key) ? key : text_module_in_checkpoint(key, prefix_);
+      respelt[spelt] = std::move(tensors);
+    }
+    adapter_.by_weight_key = std::move(respelt);
+  }
   const std::string where = peft_adapter_weights_file(*adapter_dir).string();
   const int64_t r = adapter_.options.r;
   for (auto it = adapter_.by_weight_key.begin(); it != adapter_.by_weight_key.end();) {

@@ -1,5 +1,6 @@
 #include "model/peft_adapter.h"
 
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -123,33 +124,49 @@ bool is_other_tower_module(const std::string& module_path, const std::string& pr
 
 fs::path peft_adapter_weights_file(const fs::path& dir) { return dir / kWeightsFile; }
 
+std::string text_module_in_checkpoint(const std::string& module_path, const std::string& prefix) {
+  const std::string multimodal = kMultimodalPrefix, text_only = kTextOnlyPrefix;
+  if (prefix == multimodal && module_path.rfind(text_only, 0) == 0 &&
+      module_path.rfind(multimodal, 0) != 0 && !is_other_tower_module(module_path, prefix)) {
+    return multimodal + module_path.substr(text_only.size());  // trained on Gemma4ForCausalLM
+  }
+  if (prefix == text_only && module_path.rfind(multimodal, 0) == 0) {
+    return text_only + module_path.substr(multimodal.size());  // trained on the multimodal class
+  }
+  return module_path;
+}
+
 AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefix,
                               const fs::path& dir) {
   AdapterSpec spec = read_peft_adapter_config(dir);
   const SafetensorsFile file(dir / kWeightsFile);
+  const std::string where = file.path().string();
+  const std::string peft_prefix = kPeftPrefix;
+  // The file's keys by the module path our checkpoint spells (either class's spelling is taken).
+  std::map<std::string, std::string> file_key_of;
+  for (const std::string& key : file.names()) {
+    const std::string path = key.rfind(peft_prefix, 0) == 0 ? key.substr(peft_prefix.size()) : key;
+    if (is_other_tower_module(path, prefix)) continue;
+    file_key_of[peft_prefix + text_module_in_checkpoint(path, prefix)] = key;
+  }
   attach_adapters(model, spec);
-  std::set<std::string> expected;
   torch::NoGradGuard no_grad;
   for (auto& [name, p] : trainable_parameters(model)) {
     const std::string key = kPeftPrefix + checkpoint_key(name, prefix);
-    expected.insert(key);
-    if (!file.contains(key))
-      throw InputError(file.path().string() + ": missing tensor \"" + key + "\"");
-    const SafetensorsEntry& e = file.entry(key);
+    const auto it = file_key_of.find(key);
+    if (it == file_key_of.end()) throw InputError(where + ": missing tensor \"" + key + "\"");
+    const SafetensorsEntry& e = file.entry(it->second);
     if (e.shape != p.sizes().vec()) {
-      throw InputError(file.path().string() + ": tensor \"" + key + "\" has shape " +
-                       shape_text(e.shape) + ", expected " + shape_text(p.sizes().vec()) +
+      throw InputError(where + ": tensor \"" + it->second + "\" has shape " + shape_text(e.shape) +
+                       ", expected " + shape_text(p.sizes().vec()) +
                        " (rank mismatch or another base model)");
     }
-    p.copy_(file.view(key));
+    p.copy_(file.view(it->second));
+    file_key_of.erase(it);
   }
-  for (const std::string& key : file.names()) {
-    if (!expected.count(key) &&
-        !is_other_tower_module(key.substr(std::string(kPeftPrefix).size()), prefix)) {
-      throw InputError(file.path().string() + ": tensor \"" + key +
-                       "\" matches no adapted module of this model "
-                       "(an adapter for another base?)");
-    }
+  if (!file_key_of.empty()) {
+    throw InputError(where + ": tensor \"" + file_key_of.begin()->second +
+                     "\" matches no adapted module of this model (an adapter for another base?)");
   }
   return spec;
 }

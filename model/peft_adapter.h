@@ -23,6 +23,10 @@ AdapterSpec read_peft_adapter_config(const std::filesystem::path& dir);
 // checkpoint (vision, audio): adapters trained on Gemma4ForConditionalGeneration with plain names
 // like "q_proj" carry those too, and a text model has nothing for them.
 bool is_other_tower_module(const std::string& module_path, const std::string& prefix);
+// An adapter's text-decoder module path as a checkpoint with decoder prefix `prefix` spells it:
+// adapters trained on Gemma4ForCausalLM ("model.layers.3...") and on
+// Gemma4ForConditionalGeneration ("model.language_model.layers.3...") both fit either checkpoint.
+std::string text_module_in_checkpoint(const std::string& module_path, const std::string& prefix);
 // `dir`/adapter_model.safetensors.
 std::filesystem::path peft_adapter_weights_file(const std::filesystem::path& dir);
 

@@ -94,6 +94,26 @@ def test_we_load_an_adapter_peft_saved(gemma_train, base, tmp_path, dora):
     expected = hf_logits(model)
     ours = logits(gemma_train, base, tmp_path, "--adapter", tmp_path / "peft")
     assert relative_error(ours, expected) < 1e-4
+    # The same adapter as the other Gemma 4 class spells it (trained on Gemma4ForCausalLM over a
+    # multimodal checkpoint, or the reverse): loaded and merged onto this base all the same.
+    other = respelt(tmp_path / "peft", tmp_path / "respelt")
+    assert np.array_equal(logits(gemma_train, base, tmp_path, "--adapter", other), ours)
+    run(gemma_train, "merge", "--model", base, "--adapter", other, "--out", tmp_path / "merged", "--dtype", "f32")
+    assert relative_error(logits(gemma_train, tmp_path / "merged", tmp_path), ours) < 1e-5
+
+
+def respelt(adapter, out):
+    multimodal, text_only = "base_model.model.model.language_model.", "base_model.model.model."
+    tensors = load_file(adapter / "adapter_model.safetensors")
+
+    def swap(key):
+        if key.startswith(multimodal):
+            return text_only + key[len(multimodal):]
+        return multimodal + key[len(text_only):]
+    out.mkdir()
+    save_file({swap(k): v for k, v in tensors.items()}, out / "adapter_model.safetensors", metadata={"format": "pt"})
+    (out / "adapter_config.json").write_text((adapter / "adapter_config.json").read_text())
+    return out
 
 
 def test_merge_equals_the_unmerged_adapter_and_loads_in_transformers(gemma_train, base, tmp_path):
