@@ -8,6 +8,7 @@
 
 #include "model/atomic_output.h"
 #include "model/input_error.h"
+#include "model/string_match.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
@@ -133,8 +134,7 @@ void copy_checkpoint_side_files(const std::filesystem::path& from,
                                 const std::filesystem::path& to) {
   for (const auto& entry : std::filesystem::directory_iterator(from)) {
     const std::string name = entry.path().filename().string();
-    const bool weights =
-        name.size() > 12 && name.compare(name.size() - 12, 12, ".safetensors") == 0;
+    const bool weights = ends_with(name, ".safetensors");
     if (entry.is_regular_file() && !weights && name != "config.json" &&
         name != kCheckpointIndexFile) {
       std::filesystem::copy_file(entry.path(), to / name);

@@ -11,19 +11,12 @@
 #include "model/gemma4_feed_forward.h"
 #include "model/input_error.h"
 #include "model/linear.h"
+#include "model/string_match.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
 
 namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
-  s << "]";
-  return s.str();
-}
 
 constexpr const char* kPleTableName = "model.embed_tokens_per_layer.weight";
 
@@ -48,10 +41,6 @@ Nf4Targets nf4_targets(Gemma4ForCausalLM& model, const Gemma4LoadOptions& option
   Nf4Targets out;
   if (options.nf4_base == Nf4Base::kNever) return out;
   const bool always = options.nf4_base == Nf4Base::kAlways;
-  const auto ends_with = [](const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() &&
-           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
   for (const auto& m : model->named_modules()) {
     const std::string& path = m.key();
     if (auto* linear = m.value()->as<LinearImpl>()) {

@@ -12,6 +12,7 @@
 #include "model/gemma4_checkpoint.h"
 #include "model/input_error.h"
 #include "model/merged_checkpoint.h"
+#include "model/string_match.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
@@ -92,17 +93,6 @@ const std::set<std::string>& visible_tokens() {
 enum TokenType : int32_t { kNormal = 1, kControl = 3, kUserDefined = 4, kByte = 6 };
 
 std::string arch_key(const char* name) { return std::string(kArch) + "." + name; }
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 // `<0xNN>`: SentencePiece's byte-fallback pieces.
 bool is_byte_token(const std::string& t) {

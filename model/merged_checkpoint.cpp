@@ -11,24 +11,10 @@
 #include "model/input_error.h"
 #include "model/peft_adapter.h"
 #include "model/safetensors.h"
+#include "model/string_match.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
-
-namespace {
-
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string out = "[";
-  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
-  return out + "]";
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-}  // namespace
 
 PeftAdapterFiles read_peft_adapter_files(const fs::path& dir) {
   PeftAdapterFiles out;

@@ -34,3 +34,13 @@ def our_logits(binary, model_dir, ids, tmp_path, dtype="f32"):
 
 def relative_error(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def randomize(model, seed):
+    """Non-trivial values everywhere: matrices ~ N(0, 0.1), vectors ~ 1 + N(0, 0.1)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in list(model.parameters()) + [b for n, b in model.named_buffers() if n.endswith("layer_scalar")]:
+            noise = torch.randn(tensor.shape, generator=g, dtype=torch.float32)
+            tensor.copy_(noise * 0.1 if tensor.dim() >= 2 else 1.0 + 0.1 * noise)

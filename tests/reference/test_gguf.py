@@ -18,7 +18,7 @@ import transformers
 from safetensors.torch import load_file
 from transformers import Gemma4Config, Gemma4ForCausalLM, Gemma4ForConditionalGeneration, Gemma4TextConfig
 
-from conftest import REPO, run
+from conftest import REPO, randomize, run
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()
@@ -75,14 +75,6 @@ def write_small_tokenizer(dst):
     tok["added_tokens"] = [a for a in tok["added_tokens"] if a["id"] < N_TOKENS]
     (dst / "tokenizer.json").write_text(json.dumps(tok))
     shutil.copy(REPO / "configs" / "tokenizer" / "tokenizer_config.json", dst / "tokenizer_config.json")
-
-
-def randomize(model, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in list(model.parameters()) + [b for n, b in model.named_buffers() if n.endswith("layer_scalar")]:
-            noise = torch.randn(tensor.shape, generator=g, dtype=torch.float32)
-            tensor.copy_(noise * 0.1 if tensor.dim() >= 2 else 1.0 + 0.1 * noise)
 
 
 def hf_model(kind, multimodal, seed=1):

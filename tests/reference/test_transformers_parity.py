@@ -9,7 +9,7 @@ import torch
 import transformers
 from transformers import Gemma4Config, Gemma4ForCausalLM, Gemma4ForConditionalGeneration, Gemma4TextConfig
 
-from conftest import our_logits, relative_error
+from conftest import our_logits, randomize, relative_error
 
 warnings.filterwarnings("ignore")
 transformers.logging.set_verbosity_error()
@@ -39,15 +39,6 @@ KINDS = {
                      enable_moe_block=True, num_experts=6, top_k_experts=2, moe_intermediate_size=24,
                      layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"]),
 }
-
-
-def randomize(model, seed):
-    """Non-trivial values everywhere: matrices ~ N(0, 0.1), vectors ~ 1 + N(0, 0.1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for tensor in list(model.parameters()) + [b for n, b in model.named_buffers() if n.endswith("layer_scalar")]:
-            noise = torch.randn(tensor.shape, generator=g, dtype=torch.float32)
-            tensor.copy_(noise * 0.1 if tensor.dim() >= 2 else 1.0 + 0.1 * noise)
 
 
 def hf_model(kind, multimodal, seed):
