@@ -4,7 +4,7 @@
 #include <cctype>
 #include <set>
 
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 namespace gemma {
 using json = nlohmann::json;

@@ -6,7 +6,7 @@
 #include <sstream>
 
 #include "data/hf_tokenizer_json.h"
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 namespace gemma {
 namespace fs = std::filesystem;

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 namespace gemma {
 using json = nlohmann::json;

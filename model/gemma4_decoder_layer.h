@@ -37,6 +37,7 @@ class Gemma4DecoderLayerImpl : public torch::nn::Module {
  private:
   torch::Tensor feed_forward(const torch::Tensor& r);
   std::string activation_;
+  int64_t layer_index_;
 };
 TORCH_MODULE(Gemma4DecoderLayer);
 

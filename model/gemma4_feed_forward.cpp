@@ -83,13 +83,14 @@ void Gemma4ExpertsImpl::set_nf4_experts(std::vector<Nf4Weight> gate_up,
   TORCH_CHECK(static_cast<int64_t>(gate_up.size()) == experts &&
                   static_cast<int64_t>(down.size()) == experts,
               "Gemma4Experts: one NF4 weight per expert");
-  torch::NoGradGuard no_grad;
   gate_up_nf4_ = std::move(gate_up);
   down_nf4_ = std::move(down);
-  for (torch::Tensor* t : {&gate_up_proj, &down_proj}) {
-    t->set_data(placeholder_of_shape(*t));
-    t->set_requires_grad(false);
+  for (int64_t e = 0; e < experts; ++e) {
+    register_nf4_buffers("gate_up_proj_" + std::to_string(e), gate_up_nf4_[e]);
+    register_nf4_buffers("down_proj_" + std::to_string(e), down_nf4_[e]);
   }
+  make_placeholder("gate_up_proj", gate_up_proj);
+  make_placeholder("down_proj", down_proj);
 }
 
 int64_t Gemma4ExpertsImpl::nf4_bytes() const {
@@ -98,16 +99,6 @@ int64_t Gemma4ExpertsImpl::nf4_bytes() const {
     for (const Nf4Weight& w : *list) n += w.nbytes();
   }
   return n;
-}
-
-void Gemma4ExpertsImpl::to(torch::Device device, bool non_blocking) {
-  if (!is_nf4()) {
-    torch::nn::Module::to(device, non_blocking);
-    return;
-  }
-  for (auto* list : {&gate_up_nf4_, &down_nf4_}) {
-    for (Nf4Weight& w : *list) w.to(device, non_blocking);
-  }
 }
 
 }  // namespace gemma

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include "model/linear.h"
+#include "model/nf4_holding_module.h"
 #include "model/rms_norm.h"
 
 namespace gemma {
@@ -50,7 +51,7 @@ class Gemma4RouterImpl : public torch::nn::Module {
 };
 TORCH_MODULE(Gemma4Router);
 
-class Gemma4ExpertsImpl : public torch::nn::Module {
+class Gemma4ExpertsImpl : public Nf4HoldingModuleImpl {
  public:
   Gemma4ExpertsImpl(int64_t num_experts, int64_t hidden_size, int64_t intermediate_size,
                     std::string activation);
@@ -66,7 +67,6 @@ class Gemma4ExpertsImpl : public torch::nn::Module {
   const Nf4Weight& nf4_weight(int64_t expert, bool gate_up) const {
     return (gate_up ? gate_up_nf4_ : down_nf4_).at(expert);
   }
-  void to(torch::Device device, bool non_blocking = false) override;
 
   torch::Tensor gate_up_proj;  // [E, 2·I, H]
   torch::Tensor down_proj;     // [E, H, I]

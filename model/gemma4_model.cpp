@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "model/attention_mask.h"
-#include "model/gradient_checkpointing.h"
+#include "model/activation_checkpointing.h"
 #include "model/rotary_embedding.h"
 
 namespace gemma {

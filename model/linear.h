@@ -1,38 +1,40 @@
 // Linear: y = x · Wᵀ with a [out, in] weight and no bias, the only kind of projection in the
-// Gemma 4 decoder, and the one place a LoRA or DoRA adapter attaches (as llama.cpp routes every
-// projection through one adapter-aware matmul). Its weight is allocated uninitialised in the
-// default dtype: a checkpoint load then fills it once, so a model is never built at twice its size.
-// An attached adapter registers `lora_A.weight` [r, in], `lora_B.weight` [out, r] and, for DoRA,
-// `lora_magnitude_vector` [out]: with the module path in front these are PEFT's saved key names.
-// A QLoRA base holds its weight as NF4 instead (set_nf4_weight): `weight` then keeps only its shape
-// (a placeholder without storage of its own) and every matmul goes through nf4_linear.
+// Gemma 4 decoder, and the one place an adapter attaches (as llama.cpp routes every projection
+// through one adapter-aware matmul). Its weight is allocated uninitialised in the default dtype: a
+// checkpoint load then fills it once, so a model is never built at twice its size. A QLoRA base
+// holds its weight as NF4 instead (set_nf4_weight): registered buffers (Nf4HoldingModule), while
+// `weight` keeps only its shape, and every matmul goes through nf4_linear.
+// The adapter itself (peft/lora_linear.h) is its own module, attached with attach_adapter: its
+// parameters and submodules are registered here under their own names, so with the module path in
+// front they are PEFT's saved keys (`q_proj.lora_A.weight`), and a walk for projections (this
+// type) never finds the adapter's matrices (LibTorch's own Linear).
 #pragma once
 
 #include <memory>
-#include <utility>
 
 #include <torch/torch.h>
 
 #include "kernels/nf4.h"
+#include "model/nf4_holding_module.h"
 
 namespace gemma {
 
-struct LoraOptions {
-  int64_t r = 8;
-  double alpha = 8.0;
-  double dropout = 0.0;
-  bool use_rslora = false;  // scaling alpha/√r instead of alpha/r
-  bool use_dora = false;
-  // PEFT's init_lora_weights: true starts B at zero (the model unchanged); false leaves B random
-  // as well, U(±1/√r), which PEFT offers for tests.
-  bool init_lora_weights = true;
-  double scaling() const;
+class LinearImpl;
+
+// What attaches to a Linear: given the input and the base projection's output, the adapted
+// output. peft/ implements it (LoRA, DoRA); model/ knows only this.
+class LinearAdapterImpl : public torch::nn::Module {
+ public:
+  virtual torch::Tensor adapt(const torch::Tensor& x, const torch::Tensor& base_y,
+                              const LinearImpl& base) = 0;
 };
 
-class LinearImpl : public torch::nn::Module {
+class LinearImpl : public Nf4HoldingModuleImpl {
  public:
   LinearImpl(int64_t in_features, int64_t out_features);
   torch::Tensor forward(const torch::Tensor& x);
+  // The frozen projection alone: x · Wᵀ (through nf4_linear for an NF4 base).
+  torch::Tensor base_forward(const torch::Tensor& x) const;
 
   // Replaces the dense weight by its frozen NF4 form (same [out, in] shape), freeing the dense one.
   void set_nf4_weight(Nf4Weight weight);
@@ -40,36 +42,22 @@ class LinearImpl : public torch::nn::Module {
   const Nf4Weight* nf4_weight() const { return nf4_.get(); }
   // The base weight as a dense tensor in `dtype` (dequantized for an NF4 base).
   torch::Tensor dense_weight(torch::ScalarType dtype) const;
-  // Moves the NF4 bytes with the module (the meta-device `weight` stays where it is).
-  void to(torch::Device device, bool non_blocking = false) override;
+  int64_t in_features() const { return weight.size(1); }
+  int64_t out_features() const { return weight.size(0); }
+  // Where the base weight's values live (the NF4 bytes' device for an NF4 base).
+  torch::Device device() const;
 
-  // Registers a LoRA (or DoRA) adapter initialised as PEFT does: A ~ U(±1/√in), B = 0 (or
-  // U(±1/√r) without init_lora_weights), and the DoRA magnitude = the row norms of W + s·B·A.
-  // Random draws come from `generator`.
-  void attach_lora(const LoraOptions& options, at::Generator& generator);
-  bool has_lora() const { return lora_B != nullptr; }
-  // s · B · A, [out, in].
-  torch::Tensor lora_delta() const;
+  // Attaches `adapter` (one at most) and registers its parameters and submodules here.
+  void attach_adapter(std::shared_ptr<LinearAdapterImpl> adapter);
+  const std::shared_ptr<LinearAdapterImpl>& adapter() const { return adapter_; }
 
   torch::Tensor weight;  // [out, in]
-  std::shared_ptr<LinearImpl> lora_A, lora_B;
-  torch::Tensor lora_magnitude_vector;  // DoRA only
-  LoraOptions lora_options;
-  bool adapter_enabled = true;  // off: the base projection alone (the DPO/KTO reference model)
 
  private:
-  torch::Tensor base_forward(const torch::Tensor& x) const;
-  // DoRA's ‖W + ΔW‖ per output row, treated as a constant (no gradient).
-  torch::Tensor dora_weight_norm();
-  std::shared_ptr<Nf4Weight> nf4_;
-  torch::Tensor dora_norm_cache_;
-  std::pair<int64_t, int64_t> dora_norm_versions_{-1, -1};
+  std::unique_ptr<Nf4Weight> nf4_;
+  std::shared_ptr<LinearAdapterImpl> adapter_;
 };
 TORCH_MODULE(Linear);
-
-// A tensor with `t`'s shape, dtype and device over a single element: what a parameter whose values
-// now live elsewhere (NF4) keeps, so shapes still read right. Writing into it fails loudly.
-torch::Tensor placeholder_of_shape(const torch::Tensor& t);
 
 // Sets the default dtype for the lifetime of the guard (modules allocate their tensors in it).
 class DefaultDtypeGuard {

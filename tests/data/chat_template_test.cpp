@@ -2,7 +2,7 @@
 
 #include <gtest/gtest.h>
 
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 namespace gemma {
 namespace {

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <functional>
 
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 namespace gemma {
 namespace {

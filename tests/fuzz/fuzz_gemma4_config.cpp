@@ -4,7 +4,7 @@
 #include <string>
 
 #include "model/gemma4_config.h"
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -4,8 +4,8 @@
 #include <sstream>
 #include <string>
 
-#include "model/gguf_reader.h"
-#include "model/input_error.h"
+#include "io/gguf_reader.h"
+#include "io/input_error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::istringstream in(std::string(reinterpret_cast<const char*>(data), size));

@@ -6,8 +6,8 @@
 #include <fstream>
 #include <string>
 
-#include "model/input_error.h"
-#include "model/safetensors.h"
+#include "io/input_error.h"
+#include "io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::string path = "/tmp/fuzz_safetensors_" + std::to_string(::getpid()) + ".safetensors";

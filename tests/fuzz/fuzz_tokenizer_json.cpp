@@ -6,7 +6,7 @@
 #include <string>
 
 #include "data/hf_tokenizer_json.h"
-#include "model/input_error.h"
+#include "io/input_error.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -4,7 +4,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "model/input_error.h"
+#include "io/input_error.h"
 #include "tests/model/test_models.h"
 
 namespace gemma {

@@ -4,7 +4,7 @@
 
 #include <atomic>
 
-#include "model/gemma4_checkpoint.h"
+#include "model/gemma4_hf_checkpoint.h"
 #include "model/linear.h"
 
 namespace gemma::testing {

@@ -92,3 +92,52 @@ def test_gemma_train_checkpoint_loads_in_transformers(gemma_train, tmp_path, con
         expected = hf_logits(model.eval(), ids)
         ours = our_logits(gemma_train, out, ids, tmp_path)
         assert relative_error(ours, expected) < 1e-4, (config, seed)
+
+
+def _first_tensor(value):
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_trace_names_the_steps_transformers_computes(gemma_train, tmp_path, kind):
+    """`logits --trace` dumps each named step of one layer; the steps with a module of their own in
+    transformers (norms, attention, the whole layer) equal what forward hooks there capture."""
+    from safetensors.numpy import load_file
+    from conftest import run
+    model = hf_model(kind, False, 5)
+    out = tmp_path / "hf"
+    model.save_pretrained(out)
+    ids = ids_for(model.config.vocab_size, 13, 5)
+    layer_index = 2
+    layer = model.model.layers[layer_index]
+    captured = {}
+
+    def keep(name):
+        return lambda module, args, output: captured.__setitem__(name, _first_tensor(output).detach().numpy())
+
+    def keep_input(module, args, kwargs):
+        captured["layer_in"] = (args[0] if args else kwargs["hidden_states"]).detach().numpy()
+
+    hooks = [layer.register_forward_pre_hook(keep_input, with_kwargs=True),
+             layer.input_layernorm.register_forward_hook(keep("attn_norm")),
+             layer.self_attn.register_forward_hook(keep("attn_out")),
+             layer.pre_feedforward_layernorm.register_forward_hook(keep("ffn_norm")),
+             layer.post_feedforward_layernorm.register_forward_hook(keep("ffn_post_norm")),
+             layer.register_forward_hook(keep("layer_out"))]
+    hf_logits(model, ids)
+    for h in hooks:
+        h.remove()
+
+    trace = tmp_path / "trace"
+    run(gemma_train, "logits", "--model", out, "--ids", ",".join(map(str, ids)), "--out", tmp_path / "l.bin",
+        "--trace", trace, "--trace-layer", layer_index)
+    steps = load_file(str(trace / "trace.safetensors"))
+    order = (trace / "steps.txt").read_text().split()
+    assert order[0] == f"layers.{layer_index}.layer_in" and order[-1] == f"layers.{layer_index}.layer_out"
+    assert set(order) == set(steps) and all(name.startswith(f"layers.{layer_index}.") for name in order)
+    for name, expected in captured.items():
+        ours = steps[f"layers.{layer_index}.{name}"]
+        assert ours.shape == expected.shape, name
+        assert relative_error(ours, expected) < 1e-4, (kind, name)
+    # A wrong step would be named: perturbing nothing, every traced step is finite and non-zero.
+    assert all(np.isfinite(v).all() and np.abs(v).max() > 0 for v in steps.values())

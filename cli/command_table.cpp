@@ -1,0 +1,277 @@
+#include "cli/command_table.h"
+
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#include <torch/torch.h>
+
+#include "cli/export_command.h"
+#include "cli/model_commands.h"
+#include "cli/text_commands.h"
+#include "cli/train_command.h"
+#include "io/input_error.h"
+
+namespace gemma {
+
+namespace {
+
+// Flags that several commands share, spelt once.
+FlagSpec model_flag() { return {"model", "DIR", "", "model folder (config.json + safetensors)", true}; }
+FlagSpec adapter_flag() {
+  return {"adapter", "DIR", "", "attach a PEFT LoRA/DoRA adapter folder to the base model"};
+}
+FlagSpec load_in_4bit_flag() {
+  return {"load-in-4bit", "", "", "hold every decoder Linear as frozen NF4 (QLoRA's base)"};
+}
+FlagSpec compute_dtype_flag() { return {"dtype", "f32|bf16", "f32", "compute dtype"}; }
+FlagSpec device_flag() { return {"device", "cpu|cuda", "cpu", "where the model runs"}; }
+FlagSpec shard_size_flag() {
+  return {"shard-size", "SIZE", "5GB",
+          "largest safetensors shard (5GB, 500MB; a plain number is MB); more get an index"};
+}
+std::vector<FlagSpec> sampling_flags() {
+  return {{"max-new-tokens", "N", "256", "most tokens to generate"},
+          {"temperature", "T", "1.0", "sampling temperature; 0 is greedy"},
+          {"top-k", "K", "64", "sample among the K most likely tokens (0: all)"},
+          {"top-p", "P", "0.95", "nucleus sampling mass, in (0, 1]"},
+          {"seed", "S", "0", "sampling seed"}};
+}
+template <typename... Lists>
+std::vector<FlagSpec> concat(std::vector<FlagSpec> first, const Lists&... rest) {
+  (first.insert(first.end(), rest.begin(), rest.end()), ...);
+  return first;
+}
+
+std::vector<CommandSpec> make_table() {
+  return {
+      {"train",
+       "fine-tune with a YAML recipe (also: gemma-train --recipe R)",
+       "",
+       {{"recipe", "FILE", "", "the recipe (YAML: model, peft, data, training, export)", true},
+        {"set", "KEY=VALUE", "", "override a recipe key, e.g. training.max_steps=10", false,
+         true}},
+       run_train_command},
+      {"init",
+       "write a randomly initialised Gemma 4 checkpoint in the Hugging Face layout",
+       "",
+       {{"config", "FILE|NAME", "", "config.json path or a bundled name (e4b, tiny-e2b, demo, ...)",
+         true},
+        {"out", "DIR", "", "output folder (must not exist)", true},
+        {"seed", "N", "0", "initialisation seed"},
+        {"dtype", "bf16|f32", "bf16", "stored dtype"},
+        shard_size_flag(),
+        {"text-only", "", "", "Gemma4ForCausalLM layout (model.* keys) instead of multimodal"}},
+       run_init_command},
+      {"info",
+       "print a checkpoint's config, parameter counts and used/ignored tensors",
+       "",
+       {model_flag()},
+       run_info_command},
+      {"logits",
+       "write the logits of a token sequence as raw float32 [tokens, vocab]",
+       "",
+       {model_flag(),
+        {"ids", "ID,ID,...", "", "token ids, comma-separated", true},
+        {"out", "FILE", "", "output file", true},
+        adapter_flag(), load_in_4bit_flag(), compute_dtype_flag(), device_flag(),
+        {"trace", "DIR", "", "also dump each named step of one layer (see --trace-layer)"},
+        {"trace-layer", "N", "0", "the layer --trace dumps"}},
+       run_logits_command},
+      {"quantize",
+       "write a bitsandbytes NF4 double-quant copy of a checkpoint",
+       "",
+       {model_flag(), {"out", "DIR", "", "output folder (must not exist)", true},
+        shard_size_flag()},
+       run_quantize_command},
+      {"adapter",
+       "write a fresh PEFT LoRA/DoRA adapter folder for a model",
+       "",
+       {model_flag(),
+        {"out", "DIR", "", "output folder (must not exist)", true},
+        {"r", "N", "8", "LoRA rank"},
+        {"alpha", "A", "", "lora_alpha (default: r)"},
+        {"dropout", "P", "0", "lora_dropout, in [0, 1)"},
+        {"dora", "", "", "DoRA (use_dora)"},
+        {"rslora", "", "", "rsLoRA scaling alpha/sqrt(r)"},
+        {"target-modules", "NAME,NAME,...", "", "PEFT's target_modules (default: q/k/v/o, gate/up/down)"},
+        {"target-regex", "RE", "", "target modules by a regex over the whole module path"},
+        {"seed", "S", "0", "initialisation seed"},
+        {"init", "peft|random", "peft", "peft: B = 0 (PEFT's default); random: B random too"}},
+       run_adapter_command},
+      {"merge",
+       "fold a PEFT adapter into the weights and write a plain HF checkpoint",
+       "",
+       {model_flag(),
+        {"adapter", "DIR", "", "the PEFT adapter folder", true},
+        {"out", "DIR", "", "output folder (must not exist)", true},
+        {"dtype", "bf16|f32", "bf16", "stored dtype"},
+        shard_size_flag()},
+       run_merge_command},
+      {"export",
+       "write a model (with an adapter merged) for another runtime: GGUF for llama.cpp/Ollama",
+       "",
+       {{"format", "gguf", "", "output format", true},
+        model_flag(),
+        adapter_flag(),
+        {"out", "FILE", "", "output file (must not exist)", true},
+        {"dtype", "f32|f16|bf16|q8_0", "bf16", "storage of the weight matrices"}},
+       run_export_command},
+      {"generate",
+       "generate text with the chat template, a KV cache and Gemma's sampling",
+       "(--prompt | --messages | --input with --output)",
+       concat({model_flag(),
+               {"prompt", "TEXT", "", "one user message"},
+               {"messages", "FILE.json", "", "OpenAI/TRL-style messages (or {messages, tools})"},
+               {"input", "FILE.jsonl", "", "batch mode: one {prompt} or {messages} per line"},
+               {"output", "FILE.jsonl", "", "batch mode: where completions go"},
+               {"batch-size", "N", "8", "batch mode: prompts per left-padded batch"}},
+              sampling_flags(),
+              std::vector<FlagSpec>{
+                  {"raw", "", "", "no chat template: <bos> + the plain text"},
+                  {"ids", "", "", "print token ids instead of text"},
+                  {"thinking", "", "", "enable thinking in the template"},
+                  {"no-cache", "", "", "recompute the whole sequence every step"},
+                  adapter_flag(), load_in_4bit_flag(), compute_dtype_flag(), device_flag()}),
+       run_generate_command},
+      {"chat",
+       "an interactive conversation (the KV cache is kept between turns)",
+       "",
+       concat({model_flag(), {"system", "TEXT", "", "a system message"},
+               {"thinking", "", "", "enable thinking in the template"}},
+              sampling_flags(),
+              std::vector<FlagSpec>{adapter_flag(), load_in_4bit_flag(), compute_dtype_flag(),
+                                    device_flag()}),
+       run_chat_command},
+      {"tokenize",
+       "print token ids of a text or of a rendered conversation",
+       "(--text | --messages)",
+       {model_flag(),
+        {"text", "TEXT", "", "plain text"},
+        {"bos", "", "", "with --text: start with <bos>"},
+        {"messages", "FILE.json", "", "a conversation, rendered with the chat template"}},
+       run_tokenize_command},
+  };
+}
+
+std::string flag_usage(const FlagSpec& f) {
+  std::string s = "--" + f.name + (f.value.empty() ? "" : " " + f.value);
+  if (f.repeatable) s += " ...";
+  return f.required ? s : "[" + s + "]";
+}
+
+const CommandSpec* find_command(const std::string& name) {
+  for (const CommandSpec& c : command_table()) {
+    if (c.name == name) return &c;
+  }
+  return nullptr;
+}
+
+// LibTorch's intra-op pool may start with one thread (platform.md, trap 2): set it explicitly.
+void set_threads(const CliFlags& flags) {
+  int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
+  if (flags.has("threads")) {
+    threads = flags.integer("threads");
+    if (threads <= 0)
+      throw InputError(flags.command() + ": --threads expects a positive integer, found \"" +
+                       flags.value("threads") + "\"");
+  }
+  if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
+}
+
+int run_command(const CommandSpec& command, const std::vector<std::string>& args) {
+  for (const std::string& a : args) {
+    if (a == "--help" || a == "-h") {
+      std::cout << command_help(command);
+      return 0;
+    }
+  }
+  const CliFlags flags(command.name, args, concat(command.flags, global_flags()));
+  set_threads(flags);
+  return command.run(flags);
+}
+
+}  // namespace
+
+const std::vector<CommandSpec>& command_table() {
+  static const std::vector<CommandSpec> table = make_table();
+  return table;
+}
+
+const std::vector<FlagSpec>& global_flags() {
+  static const std::vector<FlagSpec> flags = {
+      {"threads", "N", "", "CPU threads (default: every hardware thread)"}};
+  return flags;
+}
+
+std::string usage_line(const CommandSpec& command) {
+  std::string line = "gemma-train " + command.name;
+  if (!command.usage_note.empty()) line += " " + command.usage_note;
+  for (const FlagSpec& f : command.flags) line += " " + flag_usage(f);
+  return line;
+}
+
+std::string command_help(const CommandSpec& command) {
+  std::ostringstream out;
+  out << "usage: " << usage_line(command) << "\n\n" << command.summary << "\n\nflags:\n";
+  size_t width = 0;
+  const std::vector<FlagSpec> all = concat(command.flags, global_flags());
+  for (const FlagSpec& f : all)
+    width = std::max(width, f.name.size() + (f.value.empty() ? 0 : f.value.size() + 1));
+  for (const FlagSpec& f : all) {
+    std::string left = "--" + f.name + (f.value.empty() ? "" : " " + f.value);
+    out << "  " << left << std::string(width + 4 - left.size(), ' ') << f.help;
+    if (!f.fallback.empty()) out << " (default: " << f.fallback << ")";
+    if (f.required) out << " (required)";
+    if (f.repeatable) out << " (repeatable)";
+    out << "\n";
+  }
+  return out.str();
+}
+
+std::string binary_help() {
+  std::ostringstream out;
+  out << "usage: gemma-train <command> [flags]   (gemma-train <command> --help for its flags)\n"
+      << "       gemma-train --recipe FILE [--set KEY=VALUE ...]   (the train command)\n\n"
+      << "commands:\n";
+  for (const CommandSpec& c : command_table()) {
+    out << "  " << c.name << std::string(c.name.size() < 10 ? 10 - c.name.size() : 1, ' ')
+        << c.summary << "\n";
+  }
+  out << "\nevery command also takes:\n";
+  for (const FlagSpec& f : global_flags())
+    out << "  --" << f.name << " " << f.value << "   " << f.help << "\n";
+  return out.str();
+}
+
+int run_cli(std::vector<std::string> args) {
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << binary_help();
+    return args.empty() ? 2 : 0;
+  }
+  try {
+    // `gemma-train --recipe R ...` is the train command, as users of TRL scripts expect one
+    // entry point.
+    if (args[0] == "--recipe" || args[0].rfind("--recipe=", 0) == 0 || args[0] == "--set" ||
+        args[0].rfind("--set=", 0) == 0) {
+      args.insert(args.begin(), "train");
+    }
+    const CommandSpec* command = find_command(args[0]);
+    if (command == nullptr) {
+      std::cerr << "gemma-train: unknown command \"" << args[0] << "\"\n\n" << binary_help();
+      return 2;
+    }
+    return run_command(*command, std::vector<std::string>(args.begin() + 1, args.end()));
+  } catch (const InputError& e) {
+    std::cerr << "gemma-train: error: " << e.what() << "\n";
+    return 2;
+  } catch (const c10::Error& e) {
+    std::cerr << "gemma-train: internal error: " << e.what_without_backtrace() << "\n";
+    return 3;
+  } catch (const std::exception& e) {
+    std::cerr << "gemma-train: error: " << e.what() << "\n";
+    return 3;
+  }
+}
+
+}  // namespace gemma

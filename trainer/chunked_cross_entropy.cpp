@@ -1,0 +1,197 @@
+#include "trainer/chunked_cross_entropy.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+namespace gemma {
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// The dtype the head computes in: float64 for float64 inputs (the tests), float32 otherwise.
+torch::ScalarType head_dtype(const torch::Tensor& hidden) {
+  return hidden.scalar_type() == torch::kFloat64 ? torch::kFloat64 : torch::kFloat32;
+}
+
+torch::Tensor capped_logits(const torch::Tensor& h, const torch::Tensor& w,
+                            std::optional<double> softcap) {
+  torch::Tensor logits = torch::nn::functional::linear(h, w).to(head_dtype(h));
+  if (softcap) logits = torch::tanh(logits / *softcap) * *softcap;
+  return logits;
+}
+
+// Autograd functions carry the optional softcap as a double, 0 meaning none.
+std::optional<double> softcap_of(double softcap) {
+  return softcap > 0 ? std::optional<double>(softcap) : std::nullopt;
+}
+
+// The head in chunks of `chunk` tokens, shared by the loss and the per-sequence log-probs. Both
+// are weighted sums of the per-token log-probabilities log softmax(softcap(h · Wᵀ))[label]: the
+// forward needs only those [N] values, and the backward recomputes each chunk's logits to push
+// the weights through, so no [N, V] tensor outlives one chunk.
+struct ChunkedHead {
+  const torch::Tensor& hidden;   // [N, H]
+  const torch::Tensor& lm_head;  // [V, H]
+  const torch::Tensor& labels;   // [N] int64, kIgnoreIndex where not counted
+  std::optional<double> softcap;
+  int64_t chunk;
+
+  // [N] log-probabilities of the labels, 0 where ignored.
+  torch::Tensor token_logprobs() const {
+    const int64_t n = hidden.size(0);
+    torch::Tensor out = torch::zeros({n}, hidden.options().dtype(head_dtype(hidden)));
+    for (int64_t start = 0; start < n; start += chunk) {
+      const int64_t len = std::min(chunk, n - start);
+      const torch::Tensor logits = capped_logits(hidden.narrow(0, start, len), lm_head, softcap);
+      const torch::Tensor y = labels.narrow(0, start, len);
+      const torch::Tensor target = logits.gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1);
+      out.narrow(0, start, len).copy_((target - logits.logsumexp(1)) * (y != kIgnoreIndex));
+    }
+    return out;
+  }
+
+  // Gradients of Σ_t weights[t] · logprob[t] w.r.t. hidden and lm_head (each undefined unless
+  // wanted); ignored tokens contribute nothing whatever their weight.
+  std::pair<torch::Tensor, torch::Tensor> backward(const torch::Tensor& weights, bool want_grad_h,
+                                                   bool want_grad_w) const {
+    torch::Tensor grad_h, grad_w;
+    if (want_grad_h) grad_h = torch::empty_like(hidden);
+    // A frozen (tied) lm_head gets no gradient: a [vocab, hidden] buffer is the size of the
+    // embedding table, so it is only made when asked for.
+    if (want_grad_w)
+      grad_w = torch::zeros(lm_head.sizes(), lm_head.options().dtype(head_dtype(hidden)));
+    const int64_t n = hidden.size(0);
+    for (int64_t start = 0; start < n; start += chunk) {
+      const int64_t len = std::min(chunk, n - start);
+      const torch::Tensor h = hidden.narrow(0, start, len);
+      const torch::Tensor y = labels.narrow(0, start, len);
+      const torch::Tensor capped = capped_logits(h, lm_head, softcap);
+      // d logprob / d capped = onehot(label) - softmax, scaled by each token's weight
+      torch::Tensor grad = capped.softmax(1).neg_();
+      grad.scatter_add_(1, y.clamp_min(0).unsqueeze(1), torch::ones({len, 1}, grad.options()));
+      const torch::Tensor w = weights.narrow(0, start, len).to(grad.scalar_type()) *
+                              (y != kIgnoreIndex).to(grad.scalar_type());
+      grad = grad * w.unsqueeze(1);
+      if (softcap) grad = grad * (1 - (capped / *softcap).pow(2));  // through cap · tanh(x / cap)
+      if (want_grad_h)
+        grad_h.narrow(0, start, len).copy_(torch::matmul(grad.to(lm_head.scalar_type()), lm_head));
+      if (want_grad_w) grad_w += torch::matmul(grad.t(), h.to(grad.scalar_type()));
+    }
+    if (want_grad_w) grad_w = grad_w.to(lm_head.scalar_type());
+    return {grad_h, grad_w};
+  }
+};
+
+ChunkedHead saved_head(AutogradContext* ctx, const variable_list& saved) {
+  return {saved[0], saved[1], saved[2], softcap_of(ctx->saved_data["softcap"].toDouble()),
+          ctx->saved_data["chunk"].toInt()};
+}
+
+// Mean over counted tokens of -logprob: hidden [N, H], labels [N].
+class ChunkedLoss : public torch::autograd::Function<ChunkedLoss> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& lm_head, const torch::Tensor& labels,
+                               double softcap, int64_t chunk) {
+    const double count = std::max<int64_t>((labels != kIgnoreIndex).sum().item<int64_t>(), 1);
+    const ChunkedHead head{hidden, lm_head, labels, softcap_of(softcap), chunk};
+    const torch::Tensor total = head.token_logprobs().sum().neg();
+    ctx->save_for_backward({hidden, lm_head, labels});
+    ctx->saved_data["softcap"] = softcap;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["count"] = count;
+    return total / count;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const double count = ctx->saved_data["count"].toDouble();
+    const torch::Tensor weights = (-grad_out[0] / count).expand({saved[0].size(0)});
+    auto [grad_h, grad_w] =
+        saved_head(ctx, saved)
+            .backward(weights, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
+    return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+// Per-sequence sums of logprob: hidden [B, T, H], labels [B, T] -> [B].
+class ChunkedSequenceLogprobSum : public torch::autograd::Function<ChunkedSequenceLogprobSum> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& lm_head, const torch::Tensor& labels,
+                               double softcap, int64_t chunk) {
+    const int64_t batch = labels.size(0), length = labels.size(1);
+    const torch::Tensor flat_hidden = hidden.reshape({batch * length, hidden.size(2)});
+    const torch::Tensor flat_labels = labels.reshape({batch * length});
+    const ChunkedHead head{flat_hidden, lm_head, flat_labels, softcap_of(softcap), chunk};
+    const torch::Tensor sum = head.token_logprobs().view({batch, length}).sum(1);
+    ctx->save_for_backward({flat_hidden, lm_head, flat_labels});
+    ctx->saved_data["softcap"] = softcap;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["hidden_sizes"] = hidden.sizes();
+    return sum;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> sizes = ctx->saved_data["hidden_sizes"].toIntVector();
+    // Every token of sequence b carries the upstream gradient of sum[b].
+    const torch::Tensor weights =
+        grad_out[0].unsqueeze(1).expand({sizes[0], sizes[1]}).reshape({-1});
+    auto [grad_h, grad_w] =
+        saved_head(ctx, saved)
+            .backward(weights, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
+    if (grad_h.defined()) grad_h = grad_h.view(sizes);
+    return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+}  // namespace
+
+torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                     const torch::Tensor& labels, std::optional<double> softcap,
+                                     int64_t chunk_tokens) {
+  TORCH_CHECK(hidden.dim() == 2 && labels.dim() == 1 && hidden.size(0) == labels.size(0),
+              "chunked_causal_lm_loss: hidden [N, H] and labels [N]");
+  TORCH_CHECK(chunk_tokens > 0, "chunked_causal_lm_loss: chunk_tokens must be positive");
+  return ChunkedLoss::apply(hidden, lm_head, labels.to(torch::kInt64), softcap.value_or(0.0),
+                            chunk_tokens);
+}
+
+torch::Tensor causal_lm_loss_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                       const torch::Tensor& labels, std::optional<double> softcap) {
+  return torch::nn::functional::cross_entropy(
+      capped_logits(hidden, lm_head, softcap), labels.to(torch::kInt64),
+      torch::nn::functional::CrossEntropyFuncOptions().ignore_index(kIgnoreIndex));
+}
+
+SequenceLogprobs chunked_sequence_logprobs(const torch::Tensor& hidden,
+                                           const torch::Tensor& lm_head,
+                                           const torch::Tensor& labels,
+                                           std::optional<double> softcap, int64_t chunk_tokens) {
+  TORCH_CHECK(hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) &&
+                  hidden.size(1) == labels.size(1),
+              "chunked_sequence_logprobs: hidden [B, T, H] and labels [B, T]");
+  TORCH_CHECK(chunk_tokens > 0, "chunked_sequence_logprobs: chunk_tokens must be positive");
+  const torch::Tensor y = labels.to(torch::kInt64);
+  return {ChunkedSequenceLogprobSum::apply(hidden, lm_head, y, softcap.value_or(0.0), chunk_tokens),
+          (y != kIgnoreIndex).sum(1)};
+}
+
+SequenceLogprobs sequence_logprobs_reference(const torch::Tensor& hidden,
+                                             const torch::Tensor& lm_head,
+                                             const torch::Tensor& labels,
+                                             std::optional<double> softcap) {
+  const torch::Tensor y = labels.to(torch::kInt64);
+  const torch::Tensor keep = y != kIgnoreIndex;
+  const torch::Tensor logprobs = capped_logits(hidden, lm_head, softcap)
+                                     .log_softmax(-1)
+                                     .gather(-1, y.clamp_min(0).unsqueeze(-1))
+                                     .squeeze(-1);
+  return {(logprobs * keep).sum(1), keep.sum(1)};
+}
+
+}  // namespace gemma

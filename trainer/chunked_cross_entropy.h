@@ -1,0 +1,50 @@
+// The causal-LM loss, and the per-sequence log-probabilities DPO and KTO need, over Gemma's
+// 262144-token vocabulary without ever holding the [tokens, vocab] float32 logits (about 1 MB a
+// token, §5.2): lm_head, final softcap and log-softmax run chunk by chunk of tokens, and the
+// backward pass recomputes each chunk's logits instead of saving them.
+#pragma once
+
+#include <optional>
+
+#include <torch/torch.h>
+
+namespace gemma {
+
+constexpr int64_t kIgnoreIndex = -100;
+
+// Mean cross-entropy over the tokens whose label is not kIgnoreIndex, of
+// softcap(hidden · lm_headᵀ) in float32. hidden [N, H], lm_head [V, H], labels [N] (already
+// shifted). Gradients reach `hidden` and `lm_head`.
+torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                     const torch::Tensor& labels, std::optional<double> softcap,
+                                     int64_t chunk_tokens = 1024);
+
+// The same loss computed in one piece: the oracle for the chunked one.
+torch::Tensor causal_lm_loss_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                       const torch::Tensor& labels, std::optional<double> softcap);
+
+// Log-probabilities of whole sequences under the model, each [B]: `sum` the sum over the counted
+// tokens of log p(label) (float32; float64 for float64 inputs), `count` how many tokens were
+// counted (int64). A sequence with no counted token has sum 0 and count 0.
+struct SequenceLogprobs {
+  torch::Tensor sum;
+  torch::Tensor count;
+};
+
+// For each sequence b, Σ_t log softmax(softcap(hidden[b, t] · lm_headᵀ))[labels[b, t]] over the
+// t whose label is not kIgnoreIndex. hidden [B, T, H] is already aligned (hidden[b, t] predicts
+// labels[b, t]), lm_head [V, H], labels [B, T]. Gradients reach `hidden` and `lm_head` (the
+// latter only when it requires grad).
+SequenceLogprobs chunked_sequence_logprobs(const torch::Tensor& hidden,
+                                           const torch::Tensor& lm_head,
+                                           const torch::Tensor& labels,
+                                           std::optional<double> softcap,
+                                           int64_t chunk_tokens = 1024);
+
+// The same in one piece (log_softmax over [B, T, V] and gather): the oracle for the chunked one.
+SequenceLogprobs sequence_logprobs_reference(const torch::Tensor& hidden,
+                                             const torch::Tensor& lm_head,
+                                             const torch::Tensor& labels,
+                                             std::optional<double> softcap);
+
+}  // namespace gemma
