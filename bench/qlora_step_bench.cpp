@@ -9,9 +9,9 @@
 #include <filesystem>
 #include <thread>
 
-#include "trainer/chunked_cross_entropy.h"
 #include "model/gemma4_hf_checkpoint.h"
 #include "peft/lora_adapters.h"
+#include "trainer/chunked_cross_entropy.h"
 
 namespace gemma {
 namespace {

@@ -1,5 +1,7 @@
 #include "cli/cli_flags.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -36,7 +38,10 @@ bool parse_double(const std::string& text, double& out) {
 
 std::vector<std::string> FlagSpec::choices() const {
   std::vector<std::string> out;
-  if (value.find('|') == std::string::npos) return out;
+  // "f32|bf16" lists the accepted values; "FILE|NAME" (upper case) only names the kinds of value.
+  if (value.find('|') == std::string::npos ||
+      std::any_of(value.begin(), value.end(), [](char c) { return std::isupper(c) != 0; }))
+    return out;
   size_t start = 0;
   while (start <= value.size()) {
     const size_t bar = std::min(value.find('|', start), value.size());
@@ -185,8 +190,14 @@ std::vector<int64_t> parse_id_list(const std::string& text, const std::string& f
 uint64_t parse_size(const std::string& text, uint64_t plain_unit_bytes, const std::string& what) {
   // Decimal units as disk and GPU vendors write them; binary ones spelt with an i.
   static const std::vector<std::pair<std::string, double>> kUnits = {
-      {"KiB", 1024.0}, {"MiB", 1024.0 * 1024}, {"GiB", 1024.0 * 1024 * 1024},
-      {"TiB", 1024.0 * 1024 * 1024 * 1024}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+      {"KiB", 1024.0},
+      {"MiB", 1024.0 * 1024},
+      {"GiB", 1024.0 * 1024 * 1024},
+      {"TiB", 1024.0 * 1024 * 1024 * 1024},
+      {"KB", 1e3},
+      {"MB", 1e6},
+      {"GB", 1e9},
+      {"TB", 1e12},
       {"B", 1.0}};
   double scale = static_cast<double>(plain_unit_bytes);
   std::string number = text;
@@ -199,8 +210,7 @@ uint64_t parse_size(const std::string& text, uint64_t plain_unit_bytes, const st
     }
   }
   double value = 0;
-  if (!parse_double(number, value) || value <= 0 || value * scale > 1.8e19 ||
-      value * scale < 1.0) {
+  if (!parse_double(number, value) || value <= 0 || value * scale > 1.8e19 || value * scale < 1.0) {
     throw InputError(what + " expects a positive size such as 8GB, 500MB or 1.5GiB, found \"" +
                      text + "\"");
   }

@@ -14,8 +14,8 @@
 
 namespace gemma {
 
-// One flag of a command. `value` names its value in help ("DIR", "N"); "a|b|c" also makes a, b
-// and c the only accepted values. An empty `value` makes the flag a switch.
+// One flag of a command. `value` names its value in help ("DIR", "N", "FILE|NAME"); lower-case
+// "a|b|c" also makes a, b and c the only accepted values. An empty `value` makes the flag a switch.
 struct FlagSpec {
   std::string name;      // without the leading --
   std::string value;     // empty: a switch

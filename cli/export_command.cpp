@@ -5,10 +5,10 @@
 #include <iostream>
 #include <optional>
 
+#include "cli/cli_flags.h"
 #include "export/gguf_gemma4.h"
 #include "io/input_error.h"
 #include "peft/merged_checkpoint.h"
-#include "cli/cli_flags.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
@@ -22,8 +22,7 @@ int run_export_command(const CliFlags& flags) {
   const fs::path out = flags.required("out");
   // bf16 by default: what llama.cpp's converter ("--outtype auto") picks for Gemma 4's bf16
   // checkpoints; it keeps the weights' own precision at half the size of f32.
-  const GgufOutType out_type =
-      gguf_out_type_from_name(flags.value("dtype"));
+  const GgufOutType out_type = gguf_out_type_from_name(flags.value("dtype"));
   // Refuse an existing output before reading any weights.
   if (fs::exists(out)) {
     throw InputError(out.string() + ": output file already exists; choose a new path");

@@ -5,7 +5,6 @@
 
 #include "cli/cli_flags.h"
 
-
 namespace gemma {
 
 // export --format gguf --model <dir> [--adapter <dir>] --out <file.gguf>

@@ -9,18 +9,18 @@
 
 #include <torch/torch.h>
 
+#include "cli/cli_flags.h"
 #include "io/atomic_output.h"
 #include "io/bnb_nf4_format.h"
 #include "io/hf_checkpoint.h"
+#include "io/input_error.h"
 #include "io/safetensors.h"
-#include "model/gemma4_hf_checkpoint.h"
 #include "model/forward_trace.h"
 #include "model/gemma4_config.h"
-#include "io/input_error.h"
+#include "model/gemma4_hf_checkpoint.h"
 #include "model/linear.h"
 #include "peft/merged_checkpoint.h"
 #include "peft/peft_adapter.h"
-#include "cli/cli_flags.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
@@ -136,8 +136,7 @@ int run_logits_command(const CliFlags& flags) {
 int run_quantize_command(const CliFlags& flags) {
   const uint64_t shard_bytes = flags.bytes("shard-size", 1000 * 1000);
   const fs::path out = flags.required("out");
-  quantize_gemma4_checkpoint(flags.required("model"), out,
-                             shard_bytes);
+  quantize_gemma4_checkpoint(flags.required("model"), out, shard_bytes);
   std::cout << "wrote " << out.string() << " (NF4 double-quant, bitsandbytes layout)\n";
   return 0;
 }
@@ -235,9 +234,9 @@ int run_info_command(const CliFlags& flags) {
   std::cout << "checkpoint: prefix \"" << s.prefix << "\", "
             << (s.sharded ? "sharded" : "single file") << ", lm_head "
             << (s.lm_head_from_file ? "from file" : "tied to embed_tokens")
-            << (s.nf4_weights ? ", " + std::to_string(s.nf4_weights) +
-                                    " Linear weights in bitsandbytes NF4"
-                              : std::string())
+            << (s.nf4_weights
+                    ? ", " + std::to_string(s.nf4_weights) + " Linear weights in bitsandbytes NF4"
+                    : std::string())
             << "\n";
   std::cout << "tensors: " << s.used_tensors << " used, " << s.ignored_tensors << " ignored\n";
   for (const auto& [group, count] : s.ignored_groups)

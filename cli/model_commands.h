@@ -4,7 +4,6 @@
 
 #include "cli/cli_flags.h"
 
-
 namespace gemma {
 
 int run_init_command(const CliFlags& flags);

@@ -7,14 +7,14 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "cli/cli_flags.h"
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "io/atomic_output.h"
+#include "io/input_error.h"
 #include "model/gemma4_hf_checkpoint.h"
 #include "model/generation.h"
-#include "io/input_error.h"
 #include "peft/peft_adapter.h"
-#include "cli/cli_flags.h"
 
 namespace gemma {
 namespace fs = std::filesystem;

@@ -4,7 +4,6 @@
 
 #include "cli/cli_flags.h"
 
-
 namespace gemma {
 
 int run_generate_command(const CliFlags& flags);

@@ -9,10 +9,10 @@
 #include <nlohmann/json.hpp>
 
 #include "io/atomic_output.h"
-#include "model/gemma4_hf_checkpoint.h"
 #include "io/input_error.h"
-#include "peft/merged_checkpoint.h"
 #include "io/string_match.h"
+#include "model/gemma4_hf_checkpoint.h"
+#include "peft/merged_checkpoint.h"
 
 namespace gemma {
 namespace fs = std::filesystem;

@@ -11,8 +11,8 @@
 #include <utility>
 #include <vector>
 
-#include "model/gemma4_config.h"
 #include "io/gguf_writer.h"
+#include "model/gemma4_config.h"
 
 namespace gemma {
 

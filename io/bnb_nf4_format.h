@@ -12,8 +12,8 @@
 
 #include <torch/torch.h>
 
-#include "kernels/nf4.h"
 #include "io/hf_checkpoint.h"
+#include "kernels/nf4.h"
 
 namespace gemma {
 

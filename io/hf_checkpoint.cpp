@@ -82,8 +82,8 @@ torch::Tensor HfCheckpointReader::view(const std::string& key) const { return fi
 void HfCheckpointReader::release(const std::string& key) const { file(key).release(key); }
 
 std::vector<std::string> write_hf_checkpoint(const fs::path& dir,
-                                          const std::vector<HfCheckpointTensor>& tensors,
-                                          uint64_t shard_bytes) {
+                                             const std::vector<HfCheckpointTensor>& tensors,
+                                             uint64_t shard_bytes) {
   // Plan the shards first: the file names carry the shard count.
   std::vector<std::vector<size_t>> shards(1);
   uint64_t current = 0, total = 0;
@@ -131,7 +131,7 @@ std::vector<std::string> write_hf_checkpoint(const fs::path& dir,
 }
 
 void copy_hf_checkpoint_side_files(const std::filesystem::path& from,
-                                const std::filesystem::path& to) {
+                                   const std::filesystem::path& to) {
   for (const auto& entry : std::filesystem::directory_iterator(from)) {
     const std::string name = entry.path().filename().string();
     const bool weights = ends_with(name, ".safetensors");

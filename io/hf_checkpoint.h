@@ -51,11 +51,12 @@ struct HfCheckpointTensor {
 // Writes the tensors into `dir` (which must exist): one `model.safetensors` when they fit in
 // `shard_bytes`, else `model-0000i-of-0000N.safetensors` files plus the index. Returns the files.
 std::vector<std::string> write_hf_checkpoint(const std::filesystem::path& dir,
-                                          const std::vector<HfCheckpointTensor>& tensors,
-                                          uint64_t shard_bytes);
+                                             const std::vector<HfCheckpointTensor>& tensors,
+                                             uint64_t shard_bytes);
 
 // Copies the files of checkpoint folder `from` that are neither weights (*.safetensors, the
 // index) nor config.json into `to`: the tokenizer, generation_config.json, chat template.
-void copy_hf_checkpoint_side_files(const std::filesystem::path& from, const std::filesystem::path& to);
+void copy_hf_checkpoint_side_files(const std::filesystem::path& from,
+                                   const std::filesystem::path& to);
 
 }  // namespace gemma

@@ -8,10 +8,10 @@
 #include "io/atomic_output.h"
 #include "io/bnb_nf4_format.h"
 #include "io/hf_checkpoint.h"
-#include "model/gemma4_feed_forward.h"
 #include "io/input_error.h"
-#include "model/linear.h"
 #include "io/string_match.h"
+#include "model/gemma4_feed_forward.h"
+#include "model/linear.h"
 
 namespace gemma {
 namespace fs = std::filesystem;

@@ -37,7 +37,8 @@ std::string hf_checkpoint_key(const std::string& module_name, const std::string&
 
 // The decoder's key prefix in `reader` (multimodal or text-only form); InputError naming `dir`
 // when neither is there.
-std::string detect_gemma4_prefix(const HfCheckpointReader& reader, const std::filesystem::path& dir);
+std::string detect_gemma4_prefix(const HfCheckpointReader& reader,
+                                 const std::filesystem::path& dir);
 
 // What a checkpoint folder holds, counted against the config's tensor table: `info` prints it and
 // the memory plan starts from it.
@@ -48,8 +49,8 @@ struct Gemma4CheckpointSummary {
   int64_t total_parameters = 0;  // the text decoder's, with an untied lm_head
   int64_t embedding_parameters = 0;
   int64_t ple_parameters = 0;
-  int64_t nf4_weights = 0;   // Linear weights stored in bitsandbytes NF4
-  size_t used_tensors = 0;   // file keys the decoder reads (NF4 parts counted one by one)
+  int64_t nf4_weights = 0;  // Linear weights stored in bitsandbytes NF4
+  size_t used_tensors = 0;  // file keys the decoder reads (NF4 parts counted one by one)
   size_t ignored_tensors = 0;
   // Ignored keys grouped by their first two components (vision/audio towers), and the unused
   // K/V of KV-shared layers as one group; with counts.

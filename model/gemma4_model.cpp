@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "model/attention_mask.h"
 #include "model/activation_checkpointing.h"
+#include "model/attention_mask.h"
 #include "model/rotary_embedding.h"
 
 namespace gemma {

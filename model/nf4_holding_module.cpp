@@ -62,8 +62,8 @@ void Nf4HoldingModuleImpl::move(std::optional<torch::Device> device,
   }
   const auto moved = [&](const torch::Tensor& t, bool keep_dtype) {
     const torch::Device d = device.value_or(t.device());
-    const torch::Dtype s = keep_dtype || !t.is_floating_point() ? t.scalar_type()
-                                                                 : dtype.value_or(t.scalar_type());
+    const torch::Dtype s =
+        keep_dtype || !t.is_floating_point() ? t.scalar_type() : dtype.value_or(t.scalar_type());
     return t.to(d, s, non_blocking);
   };
   for (auto& p : named_parameters(/*recurse=*/false)) {
@@ -75,7 +75,8 @@ void Nf4HoldingModuleImpl::move(std::optional<torch::Device> device,
       p.value().set_data(moved(p.value(), false));
     }
   }
-  for (auto& b : named_buffers(/*recurse=*/false)) b.value().set_data(moved(b.value(), is_nf4_buffer_name(b.key())));
+  for (auto& b : named_buffers(/*recurse=*/false))
+    b.value().set_data(moved(b.value(), is_nf4_buffer_name(b.key())));
 }
 
 void Nf4HoldingModuleImpl::to(torch::Device device, torch::Dtype dtype, bool non_blocking) {

@@ -15,8 +15,10 @@ LoraLinearImpl::LoraLinearImpl(const LinearImpl& base, const LoraOptions& option
   torch::NoGradGuard no_grad;
   const int64_t out = base.out_features(), in = base.in_features();
   const auto opts = base.weight.options().device(base.device());
-  lora_A = register_module("lora_A", torch::nn::Linear(torch::nn::LinearOptions(in, options.r).bias(false)));
-  lora_B = register_module("lora_B", torch::nn::Linear(torch::nn::LinearOptions(options.r, out).bias(false)));
+  lora_A = register_module("lora_A",
+                           torch::nn::Linear(torch::nn::LinearOptions(in, options.r).bias(false)));
+  lora_B = register_module("lora_B",
+                           torch::nn::Linear(torch::nn::LinearOptions(options.r, out).bias(false)));
   // PEFT: kaiming_uniform(a=√5) on A is U(-1/√in, 1/√in); B starts at zero so the model is
   // unchanged. Drawn in f32 whatever the model's dtype, so every dtype starts from one adapter.
   const double bound = 1.0 / std::sqrt(static_cast<double>(in));

@@ -3,15 +3,15 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "kernels/nf4.h"
-#include "kernels/nf4_matmul.h"
 #include "io/atomic_output.h"
 #include "io/bnb_nf4_format.h"
-#include "model/gemma4_hf_checkpoint.h"
 #include "io/input_error.h"
-#include "peft/peft_adapter.h"
 #include "io/safetensors.h"
 #include "io/string_match.h"
+#include "kernels/nf4.h"
+#include "kernels/nf4_matmul.h"
+#include "model/gemma4_hf_checkpoint.h"
+#include "peft/peft_adapter.h"
 
 namespace gemma {
 namespace fs = std::filesystem;

@@ -5,10 +5,10 @@
 #include <set>
 
 #include "io/atomic_output.h"
-#include "model/gemma4_hf_checkpoint.h"
 #include "io/input_error.h"
 #include "io/safetensors.h"
 #include "io/string_match.h"
+#include "model/gemma4_hf_checkpoint.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
@@ -191,7 +191,8 @@ AdapterSpec load_peft_adapter(Gemma4ForCausalLM& model, const std::string& prefi
       if (stored.sizes() != param.sizes()) {
         throw InputError(where + ": tensor \"" + key + "\" has shape " +
                          shape_text(stored.sizes().vec()) + ", expected " +
-                         shape_text(param.sizes().vec()) + " (rank mismatch or another base model)");
+                         shape_text(param.sizes().vec()) +
+                         " (rank mismatch or another base model)");
       }
       param.copy_(stored);
     };

@@ -27,7 +27,8 @@ struct AdapterTensors {
   torch::Tensor magnitude;  // [out], DoRA only
 };
 
-// The one reader of PEFT adapter folders (attaching to a model and merging both use it): a folder read without a model: its options and, per base weight key
+// The one reader of PEFT adapter folders (attaching to a model and merging both use it): a folder
+// read without a model: its options and, per base weight key
 // ("model.language_model.layers.0.self_attn.q_proj.weight"), its tensors.
 struct PeftAdapterFiles {
   AdapterSpec spec;  // adapter_config.json

@@ -62,9 +62,11 @@ TEST(CommandTable, ReadmeListsExactlyTheCommandsAndFlagsOfTheTable) {
                                   << ", which the command table does not have";
   }
   for (const auto& [name, flags] : readme)
-    EXPECT_TRUE(name == "<command>" || table_names.count(name)) << "README lists `" << name << "`, not in the table";
+    EXPECT_TRUE(name == "<command>" || table_names.count(name))
+        << "README lists `" << name << "`, not in the table";
   // Global flags are said once, on a line of their own.
-  ASSERT_TRUE(readme.count("<command>")) << "README lacks the `gemma-train <command> --threads` line";
+  ASSERT_TRUE(readme.count("<command>"))
+      << "README lacks the `gemma-train <command> --threads` line";
   for (const FlagSpec& f : global_flags()) EXPECT_TRUE(readme.at("<command>").count(f.name));
 }
 
@@ -83,14 +85,12 @@ TEST(CommandTable, HelpComesFromTheTable) {
 }
 
 TEST(CliFlags, ParsesOnceIntoTypesAndRefusesWhatTheRowDoesNotAllow) {
-  const std::vector<FlagSpec> specs = {{"model", "DIR", "", "m", true},
-                                       {"dtype", "f32|bf16", "f32", "d"},
-                                       {"shard-size", "SIZE", "5GB", "s"},
-                                       {"r", "N", "8", "r"},
-                                       {"set", "K=V", "", "s", false, true},
-                                       {"dora", "", "", "d"}};
-  const CliFlags f("cmd", {"--model", "m", "--dtype=bf16", "--set", "a.b=1", "--set", "c=2", "--dora"},
-                   specs);
+  const std::vector<FlagSpec> specs = {
+      {"model", "DIR", "", "m", true},      {"dtype", "f32|bf16", "f32", "d"},
+      {"shard-size", "SIZE", "5GB", "s"},   {"r", "N", "8", "r"},
+      {"set", "K=V", "", "s", false, true}, {"dora", "", "", "d"}};
+  const CliFlags f(
+      "cmd", {"--model", "m", "--dtype=bf16", "--set", "a.b=1", "--set", "c=2", "--dora"}, specs);
   EXPECT_EQ(f.required("model"), "m");
   EXPECT_EQ(f.dtype("dtype"), torch::kBFloat16);
   EXPECT_EQ(f.bytes("shard-size", 1000000), 5000000000ULL);
@@ -109,12 +109,23 @@ TEST(CliFlags, ParsesOnceIntoTypesAndRefusesWhatTheRowDoesNotAllow) {
     }
   };
   EXPECT_NE(error_of({}).find("--model is required"), std::string::npos);
-  EXPECT_NE(error_of({"--model", "m", "--dtype", "f64"}).find("expects f32|bf16"), std::string::npos);
-  EXPECT_NE(error_of({"--model", "m", "--bogus", "1"}).find("unknown flag --bogus"), std::string::npos);
+  EXPECT_NE(error_of({"--model", "m", "--dtype", "f64"}).find("expects f32|bf16"),
+            std::string::npos);
+  EXPECT_NE(error_of({"--model", "m", "--bogus", "1"}).find("unknown flag --bogus"),
+            std::string::npos);
   EXPECT_NE(error_of({"--model", "m", "--r", "x"}).find("expects an integer"), std::string::npos);
-  EXPECT_NE(error_of({"--model", "m", "--r", "1", "--r", "2"}).find("given twice"), std::string::npos);
+  EXPECT_NE(error_of({"--model", "m", "--r", "1", "--r", "2"}).find("given twice"),
+            std::string::npos);
   EXPECT_NE(error_of({"--model", "m", "--dora=1"}).find("takes no value"), std::string::npos);
   EXPECT_NE(error_of({"--model"}).find("needs a value"), std::string::npos);
+}
+
+TEST(CliFlags, UpperCaseAlternativesNameKindsNotChoices) {
+  EXPECT_TRUE((FlagSpec{"config", "FILE|NAME"}.choices().empty()));
+  EXPECT_EQ((FlagSpec{"init", "peft|random"}.choices()),
+            (std::vector<std::string>{"peft", "random"}));
+  const CliFlags f("init", {"--config", "/tmp/x.json"}, {{"config", "FILE|NAME", "", "c", true}});
+  EXPECT_EQ(f.value("config"), "/tmp/x.json");
 }
 
 TEST(CliFlags, SizesTakeUnits) {

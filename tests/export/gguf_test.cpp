@@ -17,11 +17,11 @@
 #include <set>
 #include <sstream>
 
-#include "io/atomic_output.h"
-#include "model/gemma4_hf_checkpoint.h"
 #include "export/gguf_gemma4.h"
+#include "io/atomic_output.h"
 #include "io/gguf_reader.h"
 #include "io/input_error.h"
+#include "model/gemma4_hf_checkpoint.h"
 #include "peft/merged_checkpoint.h"
 #include "peft/peft_adapter.h"
 #include "tests/model/test_models.h"

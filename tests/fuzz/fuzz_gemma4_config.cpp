@@ -3,8 +3,8 @@
 #include <cstdint>
 #include <string>
 
-#include "model/gemma4_config.h"
 #include "io/input_error.h"
+#include "model/gemma4_config.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

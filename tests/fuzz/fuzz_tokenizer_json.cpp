@@ -1,4 +1,5 @@
-// libFuzzer target: tokenizer.json text -> SentencePiece model -> libsentencepiece -> encode/decode.
+// libFuzzer target: tokenizer.json text -> SentencePiece model -> libsentencepiece ->
+// encode/decode.
 #include <sentencepiece_processor.h>
 
 #include <cstddef>
@@ -10,7 +11,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    const auto spec = gemma::sentencepiece_spec_from_hf_json(std::string(reinterpret_cast<const char*>(data), size), "fuzz");
+    const auto spec = gemma::sentencepiece_spec_from_hf_json(
+        std::string(reinterpret_cast<const char*>(data), size), "fuzz");
     sentencepiece::SentencePieceProcessor sp;
     if (sp.LoadFromSerializedProto(gemma::serialize_sentencepiece_model(spec)).ok()) {
       std::vector<int> ids;

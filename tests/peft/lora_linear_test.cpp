@@ -34,8 +34,7 @@ TEST(LoraLinear, WalkFindsExactlyTheProjections) {
     std::vector<std::string> after;
     for (const auto& [path, linear] : projections(model)) after.push_back(path);
     EXPECT_EQ(after, before);  // no adapter matrix counted as a projection
-    for (const std::string& path : after)
-      EXPECT_EQ(path.find("lora_"), std::string::npos) << path;
+    for (const std::string& path : after) EXPECT_EQ(path.find("lora_"), std::string::npos) << path;
     // Every Linear the walk of named_modules() finds as a projection is one of ours; the
     // adapter's own matrices are there as LibTorch Linears, under PEFT's names.
     size_t lora_matrices = 0;
@@ -103,8 +102,8 @@ TEST(LoraLinear, Nf4BaseKeepsItsBytesThroughToDeviceAndDtype) {
               model->named_buffers()[path + ".weight_nf4_packed"].data_ptr())
         << path;
     EXPECT_EQ(linear->weight.scalar_type(), torch::kBFloat16);
-    EXPECT_EQ(linear->weight.sizes(), (std::vector<int64_t>{linear->out_features(),
-                                                            linear->in_features()}));
+    EXPECT_EQ(linear->weight.sizes(),
+              (std::vector<int64_t>{linear->out_features(), linear->in_features()}));
     EXPECT_LE(linear->weight.storage().nbytes(), 8u) << "placeholder materialised: " << path;
   }
   for (const auto& [name, p] : trainable_parameters(model))

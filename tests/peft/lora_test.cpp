@@ -76,7 +76,8 @@ TEST(LoraAdapters, ForwardEqualsDenseComputationInF64) {
           LoraLinearImpl* lora = l == nullptr ? nullptr : lora_of(*l);
           if (lora == nullptr) continue;
           torch::Tensor merged = l->weight + lora->delta();
-          if (dora) merged = (lora->lora_magnitude_vector / merged.norm(2, {1})).unsqueeze(1) * merged;
+          if (dora)
+            merged = (lora->lora_magnitude_vector / merged.norm(2, {1})).unsqueeze(1) * merged;
           dense_linears.at(m.key())->weight.copy_(merged);
         }
       }

@@ -5,9 +5,9 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
-#include "model/gemma4_hf_checkpoint.h"
 #include "io/input_error.h"
 #include "io/safetensors.h"
+#include "model/gemma4_hf_checkpoint.h"
 #include "tests/model/test_models.h"
 
 namespace gemma {

@@ -6,11 +6,11 @@
 
 #include <cstdio>
 
-#include "trainer/chunked_cross_entropy.h"
 #include "model/gemma4_hf_checkpoint.h"
 #include "peft/lora_adapters.h"
 #include "tests/model/counting_allocator.h"
 #include "tests/model/test_models.h"
+#include "trainer/chunked_cross_entropy.h"
 
 namespace gemma {
 namespace {

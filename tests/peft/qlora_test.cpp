@@ -4,8 +4,8 @@
 #include <gtest/gtest.h>
 
 #include "kernels/nf4_matmul.h"
-#include "model/gemma4_hf_checkpoint.h"
 #include "model/gemma4_feed_forward.h"
+#include "model/gemma4_hf_checkpoint.h"
 #include "peft/lora_adapters.h"
 #include "tests/model/test_models.h"
 

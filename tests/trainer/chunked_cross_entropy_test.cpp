@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -100,7 +101,9 @@ TEST(ChunkedSequenceLogprobs, EqualsUnchunkedLogprobsAndGradients) {
       EXPECT_GT(h2.grad().abs().max().item<double>(), 0.0);
     }
   }
-  RecordProperty("worst_scaled_error", std::to_string(worst));
+  std::ostringstream measured;
+  measured << worst;
+  RecordProperty("worst_scaled_error", measured.str());
 }
 
 // A frozen (tied) lm_head gets no gradient and hidden's is still right; float32 inputs give
