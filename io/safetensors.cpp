@@ -205,6 +205,7 @@ void SafetensorsFile::release(const std::string& name) const {
   first = (first + page - 1) / page * page;  // only whole pages that hold nothing else
   const uintptr_t last_page = last / page * page;
   if (last_page > first) {
+    // NOLINTNEXTLINE(performance-no-int-to-ptr): page arithmetic on the mapping needs integers
     ::madvise(reinterpret_cast<void*>(first), last_page - first, MADV_DONTNEED);
   }
 }
