@@ -48,7 +48,7 @@ int run_init_command(const CliFlags& flags) {
   const Gemma4Config config = resolve_config(flags.required("config"));
   const fs::path out = flags.required("out");
   const auto dtype = flags.dtype("dtype");
-  const uint64_t shard_bytes = flags.bytes("shard-size", 1000 * 1000);
+  const uint64_t shard_bytes = flags.bytes("shard-size", uint64_t{1000} * 1000);
   const auto seed = static_cast<uint64_t>(flags.integer("seed"));
   if (fs::exists(out))
     throw InputError(out.string() + ": output folder already exists; choose a new path");
@@ -134,7 +134,7 @@ int run_logits_command(const CliFlags& flags) {
 }
 
 int run_quantize_command(const CliFlags& flags) {
-  const uint64_t shard_bytes = flags.bytes("shard-size", 1000 * 1000);
+  const uint64_t shard_bytes = flags.bytes("shard-size", uint64_t{1000} * 1000);
   const fs::path out = flags.required("out");
   quantize_gemma4_checkpoint(flags.required("model"), out, shard_bytes);
   std::cout << "wrote " << out.string() << " (NF4 double-quant, bitsandbytes layout)\n";
@@ -187,7 +187,7 @@ int run_merge_command(const CliFlags& flags) {
   const fs::path adapter = flags.required("adapter");
   const fs::path out = flags.required("out");
   const auto dtype = flags.dtype("dtype");
-  const uint64_t shard_bytes = flags.bytes("shard-size", 1000 * 1000);
+  const uint64_t shard_bytes = flags.bytes("shard-size", uint64_t{1000} * 1000);
   if (fs::exists(out))
     throw InputError(out.string() + ": output folder already exists; choose a new path");
   const MergedCheckpoint checkpoint(model_dir, adapter);

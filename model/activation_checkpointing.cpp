@@ -98,8 +98,9 @@ RngState saved_rng_state(AutogradContext* ctx) {
 
 class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
  public:
-  static variable_list forward(AutogradContext* ctx, torch::Tensor x, torch::Tensor ple,
-                               torch::Tensor source_k, torch::Tensor source_v, torch::Tensor mask,
+  static variable_list forward(AutogradContext* ctx, const torch::Tensor& x,
+                               const torch::Tensor& ple, const torch::Tensor& source_k,
+                               const torch::Tensor& source_v, const torch::Tensor& mask,
                                torch::Tensor cos, torch::Tensor sin,
                                Gemma4DecoderLayerImpl* layer) {
     const LayerTypeInputs inputs{{cos, sin}, mask};

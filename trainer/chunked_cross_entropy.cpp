@@ -127,7 +127,7 @@ class ChunkedSequenceLogprobSum : public torch::autograd::Function<ChunkedSequen
     const torch::Tensor flat_hidden = hidden.reshape({batch * length, hidden.size(2)});
     const torch::Tensor flat_labels = labels.reshape({batch * length});
     const ChunkedHead head{flat_hidden, lm_head, flat_labels, softcap_of(softcap), chunk};
-    const torch::Tensor sum = head.token_logprobs().view({batch, length}).sum(1);
+    torch::Tensor sum = head.token_logprobs().view({batch, length}).sum(1);
     ctx->save_for_backward({flat_hidden, lm_head, flat_labels});
     ctx->saved_data["softcap"] = softcap;
     ctx->saved_data["chunk"] = chunk;

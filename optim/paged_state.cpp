@@ -1,0 +1,49 @@
+// mkstemp + unlink + ftruncate (zero pages) + mmap(MAP_SHARED); the tensor's deleter unmaps.
+#include "optim/paged_state.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <system_error>
+#include <vector>
+
+namespace gemma {
+
+torch::Tensor paged_zeros(torch::IntArrayRef shape, torch::ScalarType dtype) {
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (bytes == 0) return torch::zeros(shape, dtype);
+  std::string pattern =
+      (std::filesystem::temp_directory_path() / "gemma-optim-state-XXXXXX").string();
+  std::vector<char> path(pattern.begin(), pattern.end());
+  path.push_back('\0');
+  const int fd = mkstemp(path.data());
+  if (fd < 0) throw std::system_error(errno, std::generic_category(), "paged state: mkstemp");
+  unlink(path.data());  // the mapping keeps the file alive; nothing is left behind on exit
+  if (ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
+    const int err = errno;
+    close(fd);
+    throw std::system_error(err, std::generic_category(), "paged state: ftruncate");
+  }
+  void* data = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  const int err = errno;
+  close(fd);
+  if (data == MAP_FAILED)
+    throw std::system_error(err, std::generic_category(), "paged state: mmap");
+  return torch::from_blob(
+      data, shape, [bytes](void* p) { munmap(p, bytes); }, torch::TensorOptions().dtype(dtype));
+}
+
+torch::Tensor state_zeros(const torch::Tensor& param, torch::ScalarType dtype, bool paged) {
+  if (paged && param.device().is_cpu() && param.numel() >= kPagedMinElements) {
+    return paged_zeros(param.sizes(), dtype);
+  }
+  return torch::zeros(param.sizes(), param.options().dtype(dtype));
+}
+
+}  // namespace gemma
