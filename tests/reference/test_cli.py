@@ -207,3 +207,39 @@ def test_logits_with_an_adapter(gemma_train, tiny, tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", tmp_path / "x.bin", "--adapter",
                                adapter], "rank mismatch")
+
+
+RECIPE = """model:
+  name_or_path: {model}
+  load_in_4bit: true
+peft:
+  r: 8
+  lora_alpha: 16
+data:
+  train_files: train.jsonl
+training:
+  method: sft
+  output_dir: {out}
+  {lr_key}: 1e-4
+"""
+
+
+def test_train_reads_the_recipe_and_says_the_loop_is_not_built(gemma_train, tmp_path):
+    """`gemma-train --recipe R` is the train command: a misspelt key or a bad --set is one line
+    naming file:line:column (or the --set) and the nearest key; --print-config prints a recipe
+    that reads back to itself; a valid recipe is refused clearly (exit 2) until the loop lands."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(RECIPE.format(model=tmp_path / "m", out=tmp_path / "run", lr_key="learnig_rate"))
+    expect_error(gemma_train, ["--recipe", recipe], f"{recipe}:12:3: unknown key training.learnig_rate "
+                                                     "(did you mean training.learning_rate?)")
+    recipe.write_text(RECIPE.format(model=tmp_path / "m", out=tmp_path / "run", lr_key="learning_rate"))
+    expect_error(gemma_train, ["train", "--recipe", recipe, "--set", "training.max_steps=x"],
+                 "--set training.max_steps=x: training.max_steps: expected an integer")
+    printed = run(gemma_train, "--recipe", recipe, "--set", "training.max_steps=10", "--print-config").stdout
+    assert "max_steps: 10" in printed and "learning_rate: 0.0001" in printed.replace("1e-04", "0.0001")
+    again = tmp_path / "again.yaml"
+    again.write_text(printed)
+    assert run(gemma_train, "--recipe", again, "--print-config").stdout == printed
+    proc = run(gemma_train, "--recipe", recipe, check=False)
+    assert proc.returncode == 2 and "training loop is not part of this build" in proc.stderr
+    assert not (tmp_path / "run").exists()
