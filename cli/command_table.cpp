@@ -6,8 +6,10 @@
 
 #include <torch/torch.h>
 
+#include "cli/data_commands.h"
 #include "cli/export_command.h"
 #include "cli/model_commands.h"
+#include "cli/plot_command.h"
 #include "cli/text_commands.h"
 #include "cli/train_command.h"
 #include "io/input_error.h"
@@ -55,6 +57,27 @@ std::vector<CommandSpec> make_table() {
         {"print-config", "", "",
          "print the resolved recipe (every key, defaults filled) and exit"}},
        run_train_command},
+      {"validate-data",
+       "check a training dataset (JSONL) row by row: JSON, fields, roles, turn order, lengths, "
+       "duplicates",
+       "(--recipe | --data ... --model)",
+       {{"recipe", "FILE", "", "check the data files of this recipe, as the trainer reads them"},
+        {"set", "KEY=VALUE", "", "override a recipe key", false, true},
+        {"data", "FILE", "", "a JSONL file to check (instead of --recipe)", false, true},
+        {"kind", "text|chat|completion|preference|kto", "",
+         "the dataset shape (default: detected from the columns)"},
+        {"model", "DIR", "", "with --data: the model folder whose tokenizer counts tokens"},
+        {"max-length", "N", "1024", "with --data: rows longer than this many tokens are reported"},
+        {"dump", "FILE", "",
+         "also write the tokenized examples (input_ids, masks) as JSONL, as the trainer sees them"}},
+       run_validate_data_command},
+      {"plot",
+       "draw train/eval loss and learning rate against step (SVG) from a run's metrics.jsonl",
+       "",
+       {{"metrics", "FILE", "", "a metrics.jsonl (the first argument may name it)", true},
+        {"out", "FILE", "", "the SVG to write", true}},
+       run_plot_command,
+       "metrics"},
       {"init",
        "write a randomly initialised Gemma 4 checkpoint in the Hugging Face layout",
        "",
@@ -187,7 +210,9 @@ void set_threads(const CliFlags& flags) {
   if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
 }
 
-int run_command(const CommandSpec& command, const std::vector<std::string>& args) {
+int run_command(const CommandSpec& command, std::vector<std::string> args) {
+  if (!command.positional.empty() && !args.empty() && args[0].rfind("-", 0) != 0)
+    args.insert(args.begin(), "--" + command.positional);
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {
       std::cout << command_help(command);

@@ -18,6 +18,9 @@ struct CommandSpec {
   std::string usage_note;
   std::vector<FlagSpec> flags;
   std::function<int(const CliFlags&)> run;
+  // The flag a bare first argument fills (`gemma-train plot metrics.jsonl` = `--metrics
+  // metrics.jsonl`); empty: every argument is a flag.
+  std::string positional;
 };
 
 // Every command, in the order help lists them.

@@ -4,6 +4,7 @@
 
 #include "io/input_error.h"
 #include "trainer/recipe.h"
+#include "trainer/training_loop.h"
 
 namespace gemma {
 
@@ -15,11 +16,7 @@ int run_train_command(const CliFlags& flags) {
     std::cout << print_recipe(recipe);
     return 0;
   }
-  // The command's place is ready (flags, routing, help, the recipe); the loop it runs is not.
-  std::cerr << "gemma-train train: " << flags.required("recipe")
-            << " is a valid recipe, but the training loop is not part of this build yet; nothing "
-               "was run\n";
-  return 2;
+  return run_training(recipe);
 }
 
 }  // namespace gemma

@@ -23,6 +23,14 @@ constexpr const char* kWeightsFile = "adapter_model.safetensors";
 
 void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const std::string& prefix,
                        const std::string& base_model_name, const fs::path& out_dir) {
+  write_folder_atomically(out_dir, [&](const fs::path& tmp) {
+    write_peft_adapter_files(model, spec, prefix, base_model_name, tmp);
+  });
+}
+
+void write_peft_adapter_files(Gemma4ForCausalLM& model, const AdapterSpec& spec,
+                              const std::string& prefix, const std::string& base_model_name,
+                              const fs::path& out_dir) {
   std::vector<std::pair<std::string, torch::Tensor>> tensors;
   for (const auto& [name, p] : trainable_parameters(model)) {
     tensors.emplace_back(kPeftPrefix + hf_checkpoint_key(name, prefix), p.detach().contiguous());
@@ -56,10 +64,8 @@ void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const 
                        {"task_type", "CAUSAL_LM"},
                        {"use_dora", spec.lora.use_dora},
                        {"use_rslora", spec.lora.use_rslora}};
-  write_folder_atomically(out_dir, [&](const fs::path& tmp) {
-    write_safetensors(tmp / kWeightsFile, tensors, {{"format", "pt"}});
-    write_file_atomically(tmp / kConfigFile, config.dump(2) + "\n");
-  });
+  write_safetensors(out_dir / kWeightsFile, tensors, {{"format", "pt"}});
+  write_file_atomically(out_dir / kConfigFile, config.dump(2) + "\n");
 }
 
 AdapterSpec read_peft_adapter_config(const fs::path& dir) {

@@ -48,6 +48,11 @@ std::string text_module_in_checkpoint(const std::string& module_path, const std:
 // `dir`/adapter_model.safetensors.
 std::filesystem::path peft_adapter_weights_file(const std::filesystem::path& dir);
 
+// Writes adapter_config.json and adapter_model.safetensors of `model`'s adapters into the existing
+// folder `dir` (each file atomically; a checkpoint or a run's output_dir).
+void write_peft_adapter_files(Gemma4ForCausalLM& model, const AdapterSpec& spec,
+                              const std::string& prefix, const std::string& base_model_name,
+                              const std::filesystem::path& dir);
 // Writes the adapters of `model` (attached with `spec`) as a new folder `out_dir`. `prefix` is the
 // base checkpoint's decoder prefix (Gemma4LoadReport::prefix).
 void save_peft_adapter(Gemma4ForCausalLM& model, const AdapterSpec& spec, const std::string& prefix,

@@ -39,8 +39,9 @@ struct ChunkedHead {
   std::optional<double> softcap;
   int64_t chunk;
 
-  // [N] log-probabilities of the labels, 0 where ignored.
-  torch::Tensor token_logprobs() const {
+  // [N] log-probabilities of the labels, 0 where ignored; `stats` (when given) from the same
+  // logits.
+  torch::Tensor token_logprobs(TokenStats* stats = nullptr) const {
     const int64_t n = hidden.size(0);
     torch::Tensor out = torch::zeros({n}, hidden.options().dtype(head_dtype(hidden)));
     for (int64_t start = 0; start < n; start += chunk) {
@@ -48,7 +49,16 @@ struct ChunkedHead {
       const torch::Tensor logits = capped_logits(hidden.narrow(0, start, len), lm_head, softcap);
       const torch::Tensor y = labels.narrow(0, start, len);
       const torch::Tensor target = logits.gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1);
-      out.narrow(0, start, len).copy_((target - logits.logsumexp(1)) * (y != kIgnoreIndex));
+      const torch::Tensor log_z = logits.logsumexp(1);
+      const torch::Tensor counted = y != kIgnoreIndex;
+      out.narrow(0, start, len).copy_((target - log_z) * counted);
+      if (stats != nullptr) {
+        const torch::Tensor p = (logits - log_z.unsqueeze(1)).exp();
+        const torch::Tensor entropy = log_z - (p * logits).sum(1);
+        stats->count += counted.sum().item<int64_t>();
+        stats->correct += ((logits.argmax(1) == y) & counted).sum().item<int64_t>();
+        stats->entropy_sum += (entropy * counted).sum().item<double>();
+      }
     }
     return out;
   }
@@ -117,6 +127,30 @@ class ChunkedLoss : public torch::autograd::Function<ChunkedLoss> {
   }
 };
 
+// Sum over counted tokens of -logprob: hidden [N, H], labels [N].
+class ChunkedLossSum : public torch::autograd::Function<ChunkedLossSum> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& lm_head, const torch::Tensor& labels,
+                               double softcap, int64_t chunk, TokenStats* stats) {
+    const ChunkedHead head{hidden, lm_head, labels, softcap_of(softcap), chunk};
+    const torch::Tensor total = head.token_logprobs(stats).sum().neg();
+    ctx->save_for_backward({hidden, lm_head, labels});
+    ctx->saved_data["softcap"] = softcap;
+    ctx->saved_data["chunk"] = chunk;
+    return total;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const torch::Tensor weights = (-grad_out[0]).expand({saved[0].size(0)});
+    auto [grad_h, grad_w] =
+        saved_head(ctx, saved)
+            .backward(weights, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
+    return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
 // Per-sequence sums of logprob: hidden [B, T, H], labels [B, T] -> [B].
 class ChunkedSequenceLogprobSum : public torch::autograd::Function<ChunkedSequenceLogprobSum> {
  public:
@@ -159,6 +193,17 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::T
   TORCH_CHECK(chunk_tokens > 0, "chunked_causal_lm_loss: chunk_tokens must be positive");
   return ChunkedLoss::apply(hidden, lm_head, labels.to(torch::kInt64), softcap.value_or(0.0),
                             chunk_tokens);
+}
+
+torch::Tensor chunked_causal_lm_loss_sum(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                         const torch::Tensor& labels,
+                                         std::optional<double> softcap, int64_t chunk_tokens,
+                                         TokenStats* stats) {
+  TORCH_CHECK(hidden.dim() == 2 && labels.dim() == 1 && hidden.size(0) == labels.size(0),
+              "chunked_causal_lm_loss_sum: hidden [N, H] and labels [N]");
+  TORCH_CHECK(chunk_tokens > 0, "chunked_causal_lm_loss_sum: chunk_tokens must be positive");
+  return ChunkedLossSum::apply(hidden, lm_head, labels.to(torch::kInt64), softcap.value_or(0.0),
+                               chunk_tokens, stats);
 }
 
 torch::Tensor causal_lm_loss_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,

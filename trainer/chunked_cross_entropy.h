@@ -19,6 +19,23 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::T
                                      const torch::Tensor& labels, std::optional<double> softcap,
                                      int64_t chunk_tokens = 1024);
 
+// TRL's token metrics of a loss evaluation, over the counted tokens: how many there were, how
+// many the head's argmax predicts (first maximum on ties), and the sum of the entropies of the
+// predicted distributions.
+struct TokenStats {
+  int64_t count = 0;
+  int64_t correct = 0;
+  double entropy_sum = 0;
+};
+
+// Σ -log p(label) over the counted tokens (not divided), as chunked_causal_lm_loss computes it,
+// so a trainer can divide by the loss tokens of a whole accumulation window; fills `stats` from
+// the same chunks when given.
+torch::Tensor chunked_causal_lm_loss_sum(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                         const torch::Tensor& labels,
+                                         std::optional<double> softcap,
+                                         int64_t chunk_tokens = 1024, TokenStats* stats = nullptr);
+
 // The same loss computed in one piece: the oracle for the chunked one.
 torch::Tensor causal_lm_loss_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,
                                        const torch::Tensor& labels, std::optional<double> softcap);

@@ -492,6 +492,8 @@ const std::vector<Field>& recipe_fields() {
       plain("training", "assistant_only_loss", kT, &T::assistant_only_loss, kSft),
       plain("training", "logging_steps", kT, &T::logging_steps),
       choice("training", "eval_strategy", kT, &T::eval_strategy, kEvalStrategies),
+      plain("training", "eval_on_start", kT, &T::eval_on_start),
+      plain("training", "logging_first_step", kT, &T::logging_first_step),
       plain("training", "eval_steps", kT, &T::eval_steps),
       plain("training", "save_steps", kT, &T::save_steps),
       plain("training", "save_total_limit", kT, &T::save_total_limit),

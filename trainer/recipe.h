@@ -123,6 +123,8 @@ struct TrainingSection {
   bool assistant_only_loss = false;
   double logging_steps = 10;  // TRL's _BaseConfig (transformers: 500); < 1 a ratio
   EvalStrategy eval_strategy = EvalStrategy::kNo;
+  bool eval_on_start = false;       // TrainingArguments: evaluate before the first step
+  bool logging_first_step = false;  // TrainingArguments: also log step 1
   // transformers: unset (or 0) with eval_strategy steps takes logging_steps; load_recipe() does so.
   std::optional<double> eval_steps;
   double save_steps = 500;  // < 1 a ratio

@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Makes the bundled demo dataset, recipes/data/demo-capitals.jsonl (a fixture script; gemma-train
+never runs Python). Rerun from the repository root: python3 scripts/make_demo_dataset.py
+
+A chat SFT task the small demo model can visibly learn in a few minutes on two CPU cores: the user
+asks for the capital of a country in one of a few phrasings, and the model answers in one fixed
+sentence, "The capital of <country> is <city>." Rows are TRL's conversational language-modelling
+shape ({"messages": [...]}), in a seeded order.
+"""
+import json
+import pathlib
+import random
+
+CAPITALS = [
+    ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
+    ("Portugal", "Lisbon"), ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Greece", "Athens"),
+    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
+    ("Ireland", "Dublin"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
+    ("Chile", "Santiago"), ("Japan", "Tokyo"), ("China", "Beijing"), ("India", "New Delhi"),
+    ("Canada", "Ottawa"), ("Mexico", "Mexico City"), ("Cuba", "Havana"), ("Russia", "Moscow"),
+    ("Turkey", "Ankara"), ("Iran", "Tehran"), ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"),
+    ("Australia", "Canberra"), ("Argentina", "Buenos Aires"),
+]
+PHRASINGS = [
+    "What is the capital of {c}?",
+    "Capital of {c}?",
+    "Which city is the capital of {c}?",
+    "Tell me the capital of {c}.",
+]
+
+
+def main():
+    rows = []
+    for country, city in CAPITALS:
+        for phrasing in PHRASINGS:
+            rows.append({"messages": [
+                {"role": "user", "content": phrasing.format(c=country)},
+                {"role": "assistant", "content": f"The capital of {country} is {city}."},
+            ]})
+    random.Random(0).shuffle(rows)
+    out = pathlib.Path("recipes/data/demo-capitals.jsonl")
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    print(f"wrote {out} ({len(rows)} rows)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+// A training checkpoint, `output_dir/checkpoint-N/` as transformers' Trainer names it: the PEFT
+// adapter (adapter_config.json, adapter_model.safetensors: loadable as it is), the optimizer
+// state (optimizer.safetensors, by parameter name), the RNG states (rng_state.safetensors) and
+// trainer_state.json (the step, the data position, the logging accumulators and the log history),
+// enough to continue the run exactly. Written as a whole folder, atomically.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "model/gemma4_model.h"
+#include "optim/optimizer.h"
+#include "peft/lora_adapters.h"
+
+namespace gemma {
+
+// Where the loop stands after an optimizer step, and what it has summed since the last log.
+struct TrainingProgress {
+  int64_t global_step = 0;
+  int64_t epoch = 0;           // the epoch being read (0-based)
+  int64_t batches_in_epoch = 0;  // micro-batches of that epoch already consumed
+  int64_t num_tokens = 0;      // tokens seen so far (TRL's num_tokens)
+  double train_loss_sum = 0;   // Σ step losses, for the final train_loss
+  // Since the last logged step:
+  double log_loss_sum = 0;
+  int64_t log_steps = 0;
+  std::vector<double> log_entropy;   // per micro-batch means, as TRL appends them
+  std::vector<double> log_accuracy;
+  nlohmann::json log_history = nlohmann::json::array();  // every logged metrics object
+};
+
+struct CheckpointContents {
+  const AdapterSpec* spec;
+  std::string prefix;           // the base checkpoint's decoder prefix
+  std::string base_model_name;  // recipe model.name_or_path
+  const Optimizer* optimizer;
+  const TrainingProgress* progress;
+  nlohmann::json run;  // what the run was (max_steps, seed, batch sizes), for checks on resume
+};
+
+// Writes `output_dir/checkpoint-<step>` (replacing a stale one of the same step).
+std::filesystem::path save_training_checkpoint(const std::filesystem::path& output_dir,
+                                               Gemma4ForCausalLM& model,
+                                               const CheckpointContents& contents);
+
+// The newest `checkpoint-N` folder of `output_dir` that holds a trainer_state.json, if any.
+std::optional<std::filesystem::path> newest_checkpoint(const std::filesystem::path& output_dir);
+
+// The checkpoints of `output_dir` by step, oldest first.
+std::vector<std::filesystem::path> checkpoints_by_step(const std::filesystem::path& output_dir);
+
+// Loads a checkpoint into the model's attached adapters, the optimizer and the RNG; returns the
+// progress. InputError naming the folder and file for anything missing or not fitting (another
+// adapter shape, another optimizer's state). `run` is returned for the caller's checks.
+TrainingProgress load_training_checkpoint(const std::filesystem::path& dir,
+                                          Gemma4ForCausalLM& model, const std::string& prefix,
+                                          Optimizer& optimizer, nlohmann::json* run);
+
+}  // namespace gemma

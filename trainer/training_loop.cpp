@@ -1,0 +1,659 @@
+#include "trainer/training_loop.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <csignal>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <limits>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "data/sft_dataset.h"
+#include "data/tokenizer.h"
+#include "export/gguf_gemma4.h"
+#include "io/atomic_output.h"
+#include "io/input_error.h"
+#include "io/tensorboard_events.h"
+#include "model/gemma4_hf_checkpoint.h"
+#include "optim/adamw.h"
+#include "optim/adamw_8bit.h"
+#include "optim/grad_clip.h"
+#include "optim/lr_schedule.h"
+#include "peft/lora_adapters.h"
+#include "peft/merged_checkpoint.h"
+#include "peft/peft_adapter.h"
+#include "trainer/metrics_plot.h"
+#include "trainer/progress_bar.h"
+#include "trainer/sft_objective.h"
+#include "trainer/training_checkpoint.h"
+
+namespace gemma {
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+// ---- signals: SIGINT / SIGTERM ask the loop to checkpoint and stop after the current step.
+
+std::atomic<int> g_stop_signal{0};
+
+extern "C" void on_stop_signal(int sig) {
+  g_stop_signal.store(sig);
+  // A second Ctrl-C is not caught: it stops the process at once.
+  std::signal(sig, SIG_DFL);
+}
+
+class StopSignals {
+ public:
+  StopSignals() {
+    g_stop_signal.store(0);
+    old_int_ = std::signal(SIGINT, on_stop_signal);
+    old_term_ = std::signal(SIGTERM, on_stop_signal);
+  }
+  ~StopSignals() {
+    std::signal(SIGINT, old_int_);
+    std::signal(SIGTERM, old_term_);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  int received() const { return g_stop_signal.load(); }
+
+ private:
+  void (*old_int_)(int) = SIG_DFL;
+  void (*old_term_)(int) = SIG_DFL;
+};
+
+// ---- the recipe's choices in the types of the layers below.
+
+torch::ScalarType torch_dtype(RecipeDtype d, const fs::path& model_dir) {
+  if (d == RecipeDtype::kFloat32) return torch::kFloat32;
+  if (d == RecipeDtype::kBfloat16) return torch::kBFloat16;
+  // auto: the checkpoint's own dtype, as from_pretrained(dtype="auto") reads it from config.json.
+  try {
+    const json config = json::parse(read_text_file(model_dir / "config.json"));
+    for (const json* c : {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
+      if (c == nullptr) continue;
+      for (const char* key : {"dtype", "torch_dtype"}) {
+        if (c->contains(key) && (*c)[key].is_string())
+          return (*c)[key] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
+      }
+    }
+  } catch (const json::exception&) {
+  }
+  return torch::kFloat32;
+}
+
+AdapterSpec adapter_spec(const Recipe& recipe) {
+  const PeftSection& p = recipe.peft;
+  AdapterSpec spec;
+  spec.lora.r = p.r;
+  spec.lora.alpha = static_cast<double>(p.lora_alpha);
+  spec.lora.dropout = p.lora_dropout;
+  spec.lora.use_rslora = p.use_rslora;
+  spec.lora.use_dora = p.use_dora;
+  spec.lora.init_lora_weights = p.init_lora_weights;
+  switch (p.target_modules.form) {
+    case TargetModules::Form::kNames:
+      spec.target_modules = p.target_modules.names;
+      break;
+    case TargetModules::Form::kRegex:
+      spec.target_modules.clear();
+      spec.target_regex = p.target_modules.regex;
+      break;
+    case TargetModules::Form::kAllLinear:
+      break;  // AdapterSpec's default: every projection of the decoder
+  }
+  spec.seed = static_cast<uint64_t>(recipe.training.seed);
+  return spec;
+}
+
+SftDataOptions sft_data_options(const Recipe& recipe) {
+  const TrainingSection& t = recipe.training;
+  SftDataOptions o;
+  switch (recipe.data.kind) {
+    case DataKind::kAuto: break;
+    case DataKind::kText: o.kind = DatasetKind::kText; break;
+    case DataKind::kChat: o.kind = DatasetKind::kChat; break;
+    case DataKind::kCompletion: o.kind = DatasetKind::kCompletion; break;
+    case DataKind::kPreference: o.kind = DatasetKind::kPreference; break;
+    case DataKind::kKto: o.kind = DatasetKind::kKto; break;
+  }
+  o.max_length = t.max_length;
+  o.truncation = t.truncation_mode == TruncationMode::kKeepEnd ? SftTruncation::kKeepEnd
+                                                               : SftTruncation::kKeepStart;
+  o.completion_only_loss = t.completion_only_loss;
+  o.assistant_only_loss = t.assistant_only_loss;
+  o.skip_invalid = recipe.data.skip_invalid;
+  return o;
+}
+
+std::vector<fs::path> paths_of(const std::vector<std::string>& names) {
+  return {names.begin(), names.end()};
+}
+
+// transformers' `if x < 1: x = ceil(max_steps * x)` for logging_steps, eval_steps, save_steps.
+int64_t steps_of(double value, int64_t total) {
+  if (value <= 0) return 0;
+  if (value < 1) return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(value * total)));
+  return static_cast<int64_t>(value);
+}
+
+// The epoch's order of the train examples: a Fisher-Yates shuffle by a generator seeded from the
+// seed and the epoch, so a resumed run reads exactly the batches the uninterrupted one did.
+std::vector<int64_t> epoch_order(int64_t n, int64_t seed, int64_t epoch) {
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+  std::mt19937_64 gen(static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ULL +
+                      static_cast<uint64_t>(epoch));
+  for (int64_t i = n - 1; i > 0; --i) {
+    const auto j = static_cast<int64_t>(gen() % static_cast<uint64_t>(i + 1));
+    std::swap(order[static_cast<size_t>(i)], order[static_cast<size_t>(j)]);
+  }
+  return order;
+}
+
+// Peak resident memory of the process (VmHWM), or the CUDA allocator's peak on a GPU.
+int64_t peak_memory_bytes() {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return 0;
+}
+
+bool is_empty_dir(const fs::path& dir) {
+  return fs::is_directory(dir) && fs::directory_iterator(dir) == fs::directory_iterator();
+}
+
+double mean_of(const std::vector<double>& v) {
+  if (v.empty()) return 0;
+  double s = 0;
+  for (const double x : v) s += x;
+  return s / static_cast<double>(v.size());
+}
+
+std::string fixed(double x, int digits) {
+  std::ostringstream s;
+  s << std::fixed << std::setprecision(digits) << x;
+  return s.str();
+}
+
+// Files a model folder carries for its tokenizer, copied beside the adapter (as the Trainer
+// saves its processing_class).
+void copy_tokenizer_files(const fs::path& model_dir, const fs::path& out_dir) {
+  for (const char* name : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                           "chat_template.jinja", "special_tokens_map.json"}) {
+    if (fs::is_regular_file(model_dir / name))
+      write_file_atomically(out_dir / name, read_text_file(model_dir / name));
+  }
+}
+
+// The run's outputs that are not checkpoints: metrics.jsonl (a line per log), TensorBoard.
+class RunLog {
+ public:
+  RunLog(const fs::path& output_dir, bool tensorboard, const json& history)
+      : path_(output_dir / "metrics.jsonl") {
+    // Exactly the log of the steps the run has (on resume: up to its checkpoint).
+    std::string text;
+    for (const json& entry : history) text += entry.dump() + "\n";
+    write_file_atomically(path_, text);
+    out_.open(path_, std::ios::app | std::ios::binary);
+    if (!out_) throw InputError(path_.string() + ": cannot be opened for writing");
+    if (tensorboard) tb_ = std::make_unique<TensorBoardWriter>(output_dir / "runs");
+  }
+
+  void write(const json& entry) {
+    out_ << entry.dump() << "\n";
+    out_.flush();
+    if (tb_) {
+      const int64_t step = entry.at("step").get<int64_t>();
+      for (const auto& [key, value] : entry.items()) {
+        if (key == "step" || !value.is_number()) continue;
+        // transformers' TensorBoardCallback: eval_x -> eval/x, the rest under train/.
+        const std::string tag =
+            key.rfind("eval_", 0) == 0 ? "eval/" + key.substr(5) : "train/" + key;
+        tb_->add_scalar(tag, value.get<double>(), step);
+      }
+      tb_->flush();
+    }
+  }
+
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+  std::ofstream out_;
+  std::unique_ptr<TensorBoardWriter> tb_;
+};
+
+struct EvalResult {
+  double loss = 0;
+  double entropy = 0;
+  double accuracy = 0;
+  double seconds = 0;
+};
+
+// The Trainer's evaluation: per-batch mean losses averaged with each batch's row count as weight;
+// entropy and token accuracy averaged over batches, as TRL appends them.
+EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int64_t batch_size) {
+  const auto start = std::chrono::steady_clock::now();
+  model->eval();
+  EvalResult r;
+  double weighted = 0;
+  int64_t rows = 0;
+  std::vector<double> entropy, accuracy;
+  const int64_t n = objective.size(Split::kEval);
+  for (int64_t begin = 0; begin < n; begin += batch_size) {
+    std::vector<int64_t> indices;
+    for (int64_t i = begin; i < std::min(n, begin + batch_size); ++i) indices.push_back(i);
+    const auto units = static_cast<double>(
+        std::max<int64_t>(1, objective.loss_units(indices, Split::kEval)));
+    const MicroBatchResult m = objective.run(model, indices, Split::kEval, units, false);
+    weighted += m.loss * static_cast<double>(indices.size());
+    rows += static_cast<int64_t>(indices.size());
+    const auto count = static_cast<double>(std::max<int64_t>(1, m.stats.count));
+    entropy.push_back(m.stats.entropy_sum / count);
+    accuracy.push_back(static_cast<double>(m.stats.correct) / count);
+  }
+  model->train();
+  r.loss = rows > 0 ? weighted / static_cast<double>(rows) : 0;
+  r.entropy = mean_of(entropy);
+  r.accuracy = mean_of(accuracy);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return r;
+}
+
+void check_output_dir(const Recipe& recipe) {
+  const TrainingSection& t = recipe.training;
+  const fs::path out = t.output_dir;
+  const std::string key = "training.output_dir";
+  std::error_code ec;
+  const auto st = fs::symlink_status(out, ec);
+  if (fs::exists(st)) {
+    if (fs::is_symlink(st))
+      throw InputError(recipe.source + ": " + key + " " + out.string() +
+                       " is a symbolic link; give a real folder");
+    if (!fs::is_directory(st))
+      throw InputError(recipe.source + ": " + key + " " + out.string() +
+                       " exists and is not a folder");
+    if (!is_empty_dir(out) && !t.overwrite_output_dir && !t.resume_from_checkpoint.enabled)
+      throw InputError(recipe.source + ": " + key + " " + out.string() +
+                       " exists and is not empty; set training.overwrite_output_dir: true to "
+                       "reuse it, or training.resume_from_checkpoint: true to continue its run");
+  }
+  const fs::path model = recipe.model.name_or_path;
+  if (fs::exists(model) && fs::exists(out) && fs::equivalent(model, out, ec))
+    throw InputError(recipe.source + ": " + key + " is the model folder; choose another");
+}
+
+}  // namespace
+
+int run_training(const Recipe& recipe) {
+  const TrainingSection& t = recipe.training;
+  if (t.method != TrainingMethod::kSft)
+    throw InputError(recipe.source + ": training.method " + recipe_name(t.method) +
+                     " comes with the preference trainers; this build trains sft");
+  check_output_dir(recipe);
+  const fs::path model_dir = recipe.model.name_or_path;
+  if (!fs::is_regular_file(model_dir / "config.json"))
+    throw InputError(recipe.source + ": model.name_or_path " + model_dir.string() +
+                     " is not a model folder (no config.json there)");
+  const fs::path output_dir = t.output_dir;
+
+  // ---- data: everything is read and checked before the model loads or anything is written.
+  const Tokenizer tokenizer = Tokenizer::from_folder(model_dir);
+  const Gemma4Config config = load_gemma4_config((model_dir / "config.json").string());
+  if (tokenizer.vocab_size() > config.vocab_size)
+    throw InputError(model_dir.string() + ": the tokenizer has " +
+                     std::to_string(tokenizer.vocab_size()) + " tokens, the model's vocab_size is " +
+                     std::to_string(config.vocab_size) + "; they are not a pair");
+  const SftDataOptions data_options = sft_data_options(recipe);
+  SftDataReport train_report;
+  std::vector<SftExample> train =
+      read_sft_examples(paths_of(recipe.data.train_files), tokenizer, data_options, &train_report);
+  std::vector<SftExample> eval;
+  if (!recipe.data.eval_files.empty()) {
+    eval = read_sft_examples(paths_of(recipe.data.eval_files), tokenizer, data_options);
+  } else if (recipe.data.eval_split > 0) {
+    // A seeded split, as datasets' train_test_split(test_size, seed=...) makes one.
+    const auto n = static_cast<int64_t>(train.size());
+    const int64_t n_eval = std::max<int64_t>(
+        1, static_cast<int64_t>(std::llround(recipe.data.eval_split * static_cast<double>(n))));
+    if (n_eval >= n)
+      throw InputError(recipe.source + ": data.eval_split " + fixed(recipe.data.eval_split, 3) +
+                       " leaves no training rows out of " + std::to_string(n));
+    const std::vector<int64_t> order = epoch_order(n, t.seed, -1);
+    std::vector<uint8_t> is_eval(static_cast<size_t>(n), 0);
+    for (int64_t i = 0; i < n_eval; ++i) is_eval[static_cast<size_t>(order[static_cast<size_t>(i)])] = 1;
+    std::vector<SftExample> kept;
+    for (int64_t i = 0; i < n; ++i)
+      (is_eval[static_cast<size_t>(i)] ? eval : kept).push_back(std::move(train[static_cast<size_t>(i)]));
+    train = std::move(kept);
+  }
+  const bool packed = t.packing;
+  if (packed) {
+    if (!t.max_length)
+      throw InputError(recipe.source + ": training.packing needs training.max_length");
+    const SftPacking how =
+        t.packing_strategy == PackingStrategy::kWrapped ? SftPacking::kWrapped : SftPacking::kBfd;
+    train = pack_sft_examples(train, *t.max_length, how);
+    if (!eval.empty()) eval = pack_sft_examples(eval, *t.max_length, how);
+  }
+  const bool padding_free =
+      t.padding_free || (packed && t.packing_strategy == PackingStrategy::kBfd);
+  if (t.eval_strategy != EvalStrategy::kNo && eval.empty())
+    throw InputError(recipe.source + ": training.eval_strategy needs data.eval_files or "
+                     "data.eval_split");
+  const int64_t pad_id = tokenizer.special_id("<pad>").value_or(0);
+  SftObjective objective(std::move(train), std::move(eval), pad_id, padding_free);
+
+  // ---- steps, as the Trainer counts them.
+  const int64_t batch_size = t.per_device_train_batch_size;
+  const int64_t accumulation = t.gradient_accumulation_steps;
+  const int64_t n_train = objective.size(Split::kTrain);
+  const int64_t batches_per_epoch = (n_train + batch_size - 1) / batch_size;
+  const int64_t steps_per_epoch =
+      std::max<int64_t>(1, (batches_per_epoch + accumulation - 1) / accumulation);
+  const int64_t total_steps =
+      t.max_steps > 0 ? t.max_steps
+                      : static_cast<int64_t>(std::ceil(t.num_train_epochs *
+                                                       static_cast<double>(steps_per_epoch)));
+  if (total_steps <= 0)
+    throw InputError(recipe.source + ": training.num_train_epochs gives no step to train");
+  const int64_t logging_steps = steps_of(t.logging_steps, total_steps);
+  const int64_t save_steps = steps_of(t.save_steps, total_steps);
+  const int64_t eval_steps = steps_of(t.eval_steps.value_or(t.logging_steps), total_steps);
+
+  // ---- the model and its adapter.
+  std::cerr << "[train] " << n_train << " training sequences"
+            << (packed ? " (packed)" : "") << " from " << train_report.rows << " rows"
+            << (train_report.skipped_invalid ? ", " + std::to_string(train_report.skipped_invalid) +
+                                                   " invalid rows skipped"
+                                             : "")
+            << (train_report.truncated ? ", " + std::to_string(train_report.truncated) +
+                                             " truncated"
+                                       : "")
+            << (train_report.dropped_no_labels
+                    ? ", " + std::to_string(train_report.dropped_no_labels) +
+                          " without trainable tokens dropped"
+                    : "")
+            << "; " << objective.size(Split::kEval) << " eval sequences\n";
+  Gemma4LoadOptions load;
+  load.dtype = recipe.model.load_in_4bit
+                   ? torch_dtype(recipe.model.bnb_4bit_compute_dtype, model_dir)
+                   : torch_dtype(recipe.model.dtype, model_dir);
+  load.device = recipe.model.device == RecipeDevice::kCuda ? torch::Device(torch::kCUDA)
+                                                           : torch::Device(torch::kCPU);
+  if (load.device.is_cuda() && !torch::cuda::is_available())
+    throw InputError(recipe.source + ": model.device cuda, but no CUDA device is available");
+  load.nf4_base = recipe.model.load_in_4bit ? Nf4Base::kAlways : Nf4Base::kAsStored;
+  LoadedGemma4 loaded = load_gemma4(model_dir, load);
+  Gemma4ForCausalLM model = loaded.model;
+  const std::string prefix = loaded.report.prefix;
+  AdapterSpec spec;
+  if (!recipe.peft.adapter_name_or_path.empty()) {
+    spec = load_peft_adapter(model, prefix, recipe.peft.adapter_name_or_path);
+  } else {
+    spec = adapter_spec(recipe);
+    attach_adapters(model, spec);
+  }
+  model->model->set_gradient_checkpointing(t.gradient_checkpointing);
+  model->train();
+  const NamedTensors params = trainable_parameters(model);
+  if (params.empty()) throw InputError(recipe.source + ": peft.target_modules match no module");
+
+  // ---- optimizer and schedule.
+  std::vector<ParamGroup> groups = decay_parameter_groups(params, t.weight_decay);
+  std::unique_ptr<Optimizer> optimizer;
+  if (t.optim == OptimizerName::kAdamw8bit || t.optim == OptimizerName::kPagedAdamw8bit) {
+    if (load.device.is_cuda())
+      throw InputError(recipe.source + ": training.optim " +
+                       (t.optim == OptimizerName::kAdamw8bit ? "adamw_8bit" : "paged_adamw_8bit") +
+                       " runs on the CPU in this build; use paged_adamw_32bit on CUDA");
+    AdamW8bitOptions o;
+    o.lr = t.learning_rate;
+    o.beta1 = t.adam_beta1;
+    o.beta2 = t.adam_beta2;
+    o.eps = t.adam_epsilon;
+    o.weight_decay = t.weight_decay;
+    o.paged = t.optim == OptimizerName::kPagedAdamw8bit;
+    optimizer = std::make_unique<AdamW8bit>(std::move(groups), o);
+  } else {
+    AdamWOptions o;
+    o.lr = t.learning_rate;
+    o.beta1 = t.adam_beta1;
+    o.beta2 = t.adam_beta2;
+    o.eps = t.adam_epsilon;
+    o.weight_decay = t.weight_decay;
+    o.paged = t.optim == OptimizerName::kPagedAdamw32bit;
+    optimizer = std::make_unique<AdamW>(std::move(groups), o);
+  }
+  LrScheduleKind kind = LrScheduleKind::kLinear;
+  switch (t.lr_scheduler_type) {
+    case LrSchedulerType::kLinear: kind = LrScheduleKind::kLinear; break;
+    case LrSchedulerType::kCosine: kind = LrScheduleKind::kCosine; break;
+    case LrSchedulerType::kConstant: kind = LrScheduleKind::kConstant; break;
+    case LrSchedulerType::kConstantWithWarmup: kind = LrScheduleKind::kConstantWithWarmup; break;
+  }
+  const LrSchedule schedule(kind, warmup_steps_for(t.warmup_steps, total_steps), total_steps);
+
+  // What a checkpoint must agree with to be continued.
+  const json run = {{"max_steps", total_steps},
+                    {"per_device_train_batch_size", batch_size},
+                    {"gradient_accumulation_steps", accumulation},
+                    {"train_sequences", n_train},
+                    {"seed", t.seed}};
+
+  // ---- resume.
+  TrainingProgress progress;
+  if (t.resume_from_checkpoint.enabled) {
+    std::optional<fs::path> dir;
+    if (!t.resume_from_checkpoint.path.empty()) {
+      dir = fs::path(t.resume_from_checkpoint.path);
+    } else {
+      dir = newest_checkpoint(output_dir);
+      if (!dir)
+        throw InputError(recipe.source + ": training.resume_from_checkpoint: true, but " +
+                         output_dir.string() + " has no checkpoint-N folder");
+    }
+    json saved_run;
+    progress = load_training_checkpoint(*dir, model, prefix, *optimizer, &saved_run);
+    for (const auto& [key, value] : run.items()) {
+      if (saved_run.value(key, json()) != value)
+        throw InputError(dir->string() + ": was saved by a run with " + key + " " +
+                         saved_run.value(key, json()).dump() + ", this recipe gives " +
+                         value.dump() + "; resume with the recipe it was trained with");
+    }
+    std::cerr << "[train] resuming from " << dir->string() << " at step " << progress.global_step
+              << "\n";
+  }
+  fs::create_directories(output_dir);
+  const bool tensorboard = !t.report_to.empty();
+  RunLog log(output_dir, tensorboard, progress.log_history);
+
+  const auto log_entry = [&](json entry) {
+    entry["step"] = progress.global_step;
+    progress.log_history.push_back(entry);
+    log.write(entry);
+  };
+  const auto epoch_now = [&] {
+    return static_cast<double>(progress.epoch) +
+           static_cast<double>(progress.batches_in_epoch) / static_cast<double>(batches_per_epoch);
+  };
+  const auto run_eval = [&](ProgressBar& bar) {
+    const EvalResult e = evaluate(model, objective, t.per_device_eval_batch_size);
+    log_entry({{"eval_loss", e.loss},
+               {"eval_entropy", e.entropy},
+               {"eval_mean_token_accuracy", e.accuracy},
+               {"eval_runtime", e.seconds},
+               {"epoch", epoch_now()}});
+    bar.message("step " + std::to_string(progress.global_step) + ": eval_loss " +
+                fixed(e.loss, 4));
+  };
+  const auto save = [&] {
+    CheckpointContents c{&spec, prefix, recipe.model.name_or_path, optimizer.get(), &progress,
+                         run};
+    const fs::path dir = save_training_checkpoint(output_dir, model, c);
+    if (t.save_total_limit) {
+      std::vector<fs::path> all = checkpoints_by_step(output_dir);
+      while (static_cast<int64_t>(all.size()) > *t.save_total_limit) {
+        fs::remove_all(all.front());
+        all.erase(all.begin());
+      }
+    }
+    return dir;
+  };
+
+  StopSignals signals;
+  ProgressBar bar(total_steps, std::cerr, ProgressBar::stderr_is_terminal(),
+                  ProgressBar::steady_seconds, progress.global_step);
+  const auto run_start = std::chrono::steady_clock::now();
+  auto log_start = run_start;
+  int64_t tokens_at_log = progress.num_tokens;
+  const int64_t first_step = progress.global_step;
+  if (t.eval_on_start && progress.global_step == 0) run_eval(bar);
+
+  std::vector<int64_t> order = epoch_order(n_train, t.seed, progress.epoch);
+  double last_loss = 0;
+  while (progress.global_step < total_steps) {
+    if (progress.batches_in_epoch >= batches_per_epoch) {
+      if (t.eval_strategy == EvalStrategy::kEpoch) run_eval(bar);
+      ++progress.epoch;
+      progress.batches_in_epoch = 0;
+      order = epoch_order(n_train, t.seed, progress.epoch);
+    }
+    // The window: up to gradient_accumulation_steps micro-batches, fewer at an epoch's end.
+    std::vector<std::vector<int64_t>> window;
+    for (int64_t k = 0; k < accumulation && progress.batches_in_epoch + k < batches_per_epoch;
+         ++k) {
+      const int64_t begin = (progress.batches_in_epoch + k) * batch_size;
+      std::vector<int64_t> indices;
+      for (int64_t i = begin; i < std::min(n_train, begin + batch_size); ++i)
+        indices.push_back(order[static_cast<size_t>(i)]);
+      window.push_back(std::move(indices));
+    }
+    int64_t units = 0;
+    for (const auto& indices : window) units += objective.loss_units(indices, Split::kTrain);
+    const auto normalizer = static_cast<double>(std::max<int64_t>(1, units));
+    double step_loss = 0;
+    for (const auto& indices : window) {
+      const MicroBatchResult m = objective.run(model, indices, Split::kTrain, normalizer, true);
+      step_loss += m.loss;
+      progress.num_tokens += m.num_tokens;
+      const auto count = static_cast<double>(std::max<int64_t>(1, m.stats.count));
+      progress.log_entropy.push_back(m.stats.entropy_sum / count);
+      progress.log_accuracy.push_back(static_cast<double>(m.stats.correct) / count);
+    }
+    const double grad_norm = clip_grad_norm(
+        params, t.max_grad_norm > 0 ? t.max_grad_norm : std::numeric_limits<double>::infinity());
+    optimizer->set_lr_multiplier(schedule.lr_at(progress.global_step));
+    optimizer->step();
+    optimizer->zero_grad();
+    ++progress.global_step;
+    progress.batches_in_epoch += static_cast<int64_t>(window.size());
+    progress.train_loss_sum += step_loss;
+    progress.log_loss_sum += step_loss;
+    ++progress.log_steps;
+    last_loss = step_loss;
+
+    const auto now = std::chrono::steady_clock::now();
+    const double seconds = std::chrono::duration<double>(now - log_start).count();
+    const double tokens_per_second =
+        seconds > 0 ? static_cast<double>(progress.num_tokens - tokens_at_log) / seconds : 0;
+    const bool last = progress.global_step == total_steps;
+    if ((logging_steps > 0 && progress.global_step % logging_steps == 0) ||
+        (t.logging_first_step && progress.global_step == 1)) {
+      json entry = {{"loss", progress.log_loss_sum / static_cast<double>(progress.log_steps)},
+                    {"grad_norm", grad_norm},
+                    // the rate of the next step, as the Trainer logs after the scheduler's step
+                    {"learning_rate", t.learning_rate * schedule.lr_at(progress.global_step)},
+                    {"entropy", mean_of(progress.log_entropy)},
+                    {"num_tokens", progress.num_tokens},
+                    {"mean_token_accuracy", mean_of(progress.log_accuracy)},
+                    {"epoch", epoch_now()},
+                    {"tokens_per_second", tokens_per_second},
+                    {"peak_memory_bytes", peak_memory_bytes()}};
+      log_entry(entry);
+      progress.log_loss_sum = 0;
+      progress.log_steps = 0;
+      progress.log_entropy.clear();
+      progress.log_accuracy.clear();
+      log_start = now;
+      tokens_at_log = progress.num_tokens;
+    }
+    if (t.eval_strategy == EvalStrategy::kSteps && eval_steps > 0 &&
+        progress.global_step % eval_steps == 0)
+      run_eval(bar);
+    if (last && t.eval_strategy == EvalStrategy::kEpoch &&
+        progress.batches_in_epoch >= batches_per_epoch)
+      run_eval(bar);
+    bool saved = false;
+    if ((save_steps > 0 && progress.global_step % save_steps == 0) || last) {
+      const fs::path dir = save();
+      saved = true;
+      bar.message("saved " + dir.string());
+    }
+    bar.update(progress.global_step, {{"loss", fixed(last_loss, 4)},
+                                      {"tok/s", fixed(tokens_per_second, 0)}});
+    if (const int sig = signals.received(); sig != 0 && !last) {
+      const fs::path dir = saved ? output_dir / ("checkpoint-" + std::to_string(progress.global_step))
+                                 : save();
+      bar.finish();
+      std::cerr << "[train] " << (sig == SIGINT ? "interrupted" : "terminated") << " at step "
+                << progress.global_step << " of " << total_steps << "; saved " << dir.string()
+                << "; continue with --set training.resume_from_checkpoint=true\n";
+      return 128 + sig;
+    }
+  }
+  bar.finish();
+
+  // ---- the end: the Trainer's summary, the adapter, the plot, the export.
+  const double runtime =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+  const int64_t steps_run = progress.global_step - first_step;
+  log_entry({{"train_runtime", runtime},
+             {"train_samples_per_second",
+              runtime > 0 ? static_cast<double>(steps_run * batch_size * accumulation) / runtime
+                          : 0},
+             {"train_steps_per_second", runtime > 0 ? static_cast<double>(steps_run) / runtime : 0},
+             {"train_loss", progress.train_loss_sum / static_cast<double>(progress.global_step)},
+             {"epoch", epoch_now()}});
+  write_peft_adapter_files(model, spec, prefix, recipe.model.name_or_path, output_dir);
+  copy_tokenizer_files(model_dir, output_dir);
+  std::cout << "wrote " << (output_dir / "adapter_model.safetensors").string() << " (PEFT adapter, "
+            << params.size() << " tensors)\n";
+  write_metrics_plot(log.path(), output_dir / "loss.svg", "gemma-train " + recipe.source);
+  std::cout << "wrote " << (output_dir / "loss.svg").string() << "\n";
+  if (recipe.export_.merged || recipe.export_.gguf) {
+    const MergedCheckpoint merged(model_dir, output_dir);
+    if (recipe.export_.merged) {
+      const fs::path out = output_dir / "merged";
+      if (fs::exists(fs::symlink_status(out))) fs::remove_all(out);
+      write_merged_checkpoint(merged, out,
+                              recipe.export_.merged_dtype == RecipeDtype::kFloat32
+                                  ? torch::kFloat32
+                                  : torch::kBFloat16);
+      std::cout << "wrote " << out.string() << " (merged HF checkpoint)\n";
+    }
+    if (recipe.export_.gguf) {
+      const fs::path out = output_dir / (std::string("model-") +
+                                         gguf_out_type_name(recipe.export_.gguf_dtype) + ".gguf");
+      if (fs::exists(fs::symlink_status(out))) fs::remove(out);
+      export_gemma4_gguf(merged, out, recipe.export_.gguf_dtype);
+      std::cout << "wrote " << out.string() << " (GGUF)\n";
+    }
+  }
+  return 0;
+}
+
+}  // namespace gemma

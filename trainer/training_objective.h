@@ -1,0 +1,37 @@
+// What the training loop optimizes, apart from the loop (torchtune's recipe/loss split): an
+// objective owns its prepared train and eval examples and maps (model, the examples of one
+// micro-batch) to a loss and TRL's metrics. SFT is the first; DPO and KTO plug in the same way.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "model/gemma4_model.h"
+#include "trainer/chunked_cross_entropy.h"
+
+namespace gemma {
+
+enum class Split { kTrain, kEval };
+
+// One micro-batch's share of a step.
+struct MicroBatchResult {
+  double loss = 0;          // Σ per-unit loss / normalizer
+  int64_t num_tokens = 0;   // TRL's num_tokens (attention-mask sum, or the row length)
+  TokenStats stats;         // counted tokens, argmax hits, entropy sum
+};
+
+class TrainingObjective {
+ public:
+  virtual ~TrainingObjective() = default;
+  virtual int64_t size(Split split) const = 0;
+  // The units the loss averages over (SFT: label tokens) for the examples `indices`, known before
+  // the forward pass, so a step divides by the whole accumulation window's count.
+  virtual int64_t loss_units(const std::vector<int64_t>& indices, Split split) const = 0;
+  // Forward (and backward when `backward`) of one micro-batch, its loss divided by `normalizer`.
+  virtual MicroBatchResult run(Gemma4ForCausalLM& model, const std::vector<int64_t>& indices,
+                               Split split, double normalizer, bool backward) = 0;
+};
+
+}  // namespace gemma
