@@ -144,6 +144,11 @@ nlohmann::json parse_json_row(const std::string& text, const std::string& where)
     const size_t column = detail.find("column ");
     if (column != std::string::npos) detail = detail.substr(column);
     throw RowError(RowProblem::kInvalidJson, where + ": invalid JSON at " + detail);
+  } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double
+    std::string detail = e.what();
+    const size_t end = detail.find("] ");
+    if (end != std::string::npos) detail = detail.substr(end + 2);
+    throw RowError(RowProblem::kInvalidJson, where + ": invalid JSON: " + detail);
   }
 }
 

@@ -91,6 +91,7 @@ std::vector<int32_t> concat(std::initializer_list<std::vector<int>> parts) {
 
 TEST(SftRows, InvalidJsonNamesFileLineAndColumn) {
   expect_error("{\"text\": \"a\"}\n{\"text\": tru}\n", ":2:", "invalid JSON at column");
+  expect_error("{\"text\": 1e999}\n", ":1:", "invalid JSON");  // out of range, found by the fuzzer
 }
 
 TEST(SftRows, MissingAndMistypedFields) {
@@ -522,6 +523,7 @@ TEST(SftPacking, BfdEqualsThePlainReferenceOnRandomLengths) {
 
 TEST(SftPacking, BfdPacksWithinBatchesOfAThousandRows) {
   std::vector<SftExample> in;
+  in.reserve(1500);
   for (int i = 0; i < 1500; ++i) in.push_back(doc(i, 1, std::to_string(i)));
   const auto out = pack_sft_examples(in, 600, SftPacking::kBfd);
   // Batch one: 1000 one-token rows -> 600 + 400; batch two: 500 rows -> one bin.
