@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TORCH_VERSION=2.15.0
-PY_REFERENCE_PACKAGES=(transformers==5.23.0 safetensors==0.8.0 trl==1.16.0 bitsandbytes==0.50.2 gguf==0.19.0 peft==0.21.2 numpy pytest)
+PY_REFERENCE_PACKAGES=(transformers==5.23.0 safetensors==0.8.0 trl==1.16.0 bitsandbytes==0.50.2 gguf==0.19.0 peft==0.21.2 tensorboard==2.21.0 numpy pytest)
 DEBIAN_PACKAGES=(build-essential cmake ninja-build ccache nlohmann-json3-dev libgtest-dev libgmock-dev
                  libbenchmark-dev libsentencepiece-dev sentencepiece libyaml-cpp-dev clang clang-format clang-tidy)
 
@@ -31,7 +31,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 if ! .venv/bin/python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null \
-   || ! .venv/bin/python -c "import transformers, safetensors, trl, bitsandbytes, gguf, peft, pytest" 2>/dev/null; then
+   || ! .venv/bin/python -c "import transformers, safetensors, trl, bitsandbytes, gguf, peft, tensorboard, pytest" 2>/dev/null; then
   log "installing torch==$TORCH_VERSION and the reference stack into .venv (a few GB the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q "torch==$TORCH_VERSION" "${PY_REFERENCE_PACKAGES[@]}"
