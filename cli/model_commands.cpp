@@ -83,6 +83,7 @@ int run_logits_command(const CliFlags& flags) {
   LoadedGemma4 loaded = load_gemma4(model_dir, options);
   if (const auto adapter = flags.optional("adapter"))
     load_peft_adapter(loaded.model, loaded.report.prefix, *adapter);
+  loaded.model->eval();  // inference: no adapter dropout
   for (int64_t id : ids) {
     if (id >= loaded.config.vocab_size) {
       throw InputError("--ids: token id " + std::to_string(id) +

@@ -53,6 +53,7 @@ TextModel load_text_model(const CliFlags& flags) {
   LoadedGemma4 loaded = load_gemma4(dir, options);
   if (const auto adapter = flags.optional("adapter"))
     load_peft_adapter(loaded.model, loaded.report.prefix, *adapter);
+  loaded.model->eval();  // inference: no adapter dropout
   if (tokenizer.vocab_size() > loaded.config.vocab_size) {
     throw InputError(tokenizer.source() + ": " + std::to_string(tokenizer.vocab_size()) +
                      " tokens, more than the model's vocab_size " +

@@ -70,7 +70,9 @@ torch::Tensor LoraLinearImpl::adapt(const torch::Tensor& x, const torch::Tensor&
                                     const LinearImpl& base) {
   if (!enabled) return y;
   const double s = options_.scaling();
-  const bool drop = is_training() && options_.dropout > 0;
+  // The projection's mode decides: the adapter is attached beside the module tree (its tensors
+  // are registered on `base`), so model->eval() reaches `base`, not this object.
+  const bool drop = base.is_training() && options_.dropout > 0;
   const torch::Tensor xd = drop ? torch::dropout(x, options_.dropout, true) : x;
   const torch::Tensor lora = lora_B(lora_A(xd.to(lora_A->weight.scalar_type())));
   if (!is_dora()) return y + (lora * s).to(y.scalar_type());

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -304,6 +305,8 @@ int run_training(const Recipe& recipe) {
     throw InputError(recipe.source + ": training.method " + recipe_name(t.method) +
                      " comes with the preference trainers; this build trains sft");
   check_output_dir(recipe);
+  // transformers' set_seed(args.seed) before anything draws: dropout masks follow from the seed.
+  torch::manual_seed(static_cast<uint64_t>(t.seed));
   const fs::path model_dir = recipe.model.name_or_path;
   if (!fs::is_regular_file(model_dir / "config.json"))
     throw InputError(recipe.source + ": model.name_or_path " + model_dir.string() +
@@ -317,7 +320,8 @@ int run_training(const Recipe& recipe) {
     throw InputError(model_dir.string() + ": the tokenizer has " +
                      std::to_string(tokenizer.vocab_size()) + " tokens, the model's vocab_size is " +
                      std::to_string(config.vocab_size) + "; they are not a pair");
-  const SftDataOptions data_options = sft_data_options(recipe);
+  SftDataOptions data_options = sft_data_options(recipe);
+  read_tokenizer_settings(model_dir, &data_options);  // its eos token and template revision
   SftDataReport train_report;
   std::vector<SftExample> train =
       read_sft_examples(paths_of(recipe.data.train_files), tokenizer, data_options, &train_report);
@@ -571,8 +575,9 @@ int run_training(const Recipe& recipe) {
     const double tokens_per_second =
         seconds > 0 ? static_cast<double>(progress.num_tokens - tokens_at_log) / seconds : 0;
     const bool last = progress.global_step == total_steps;
-    if ((logging_steps > 0 && progress.global_step % logging_steps == 0) ||
-        (t.logging_first_step && progress.global_step == 1)) {
+    const bool logged = (logging_steps > 0 && progress.global_step % logging_steps == 0) ||
+                        (t.logging_first_step && progress.global_step == 1);
+    if (logged) {
       json entry = {{"loss", progress.log_loss_sum / static_cast<double>(progress.log_steps)},
                     {"grad_norm", grad_norm},
                     // the rate of the next step, as the Trainer logs after the scheduler's step
@@ -603,8 +608,10 @@ int run_training(const Recipe& recipe) {
       saved = true;
       bar.message("saved " + dir.string());
     }
-    bar.update(progress.global_step, {{"loss", fixed(last_loss, 4)},
-                                      {"tok/s", fixed(tokens_per_second, 0)}});
+    // A terminal redraws the bar every step; a log gets a line per logging step.
+    if (bar.terminal() || logged || last)
+      bar.update(progress.global_step, {{"loss", fixed(last_loss, 4)},
+                                        {"tok/s", fixed(tokens_per_second, 0)}});
     if (const int sig = signals.received(); sig != 0 && !last) {
       const fs::path dir = saved ? output_dir / ("checkpoint-" + std::to_string(progress.global_step))
                                  : save();
@@ -632,8 +639,12 @@ int run_training(const Recipe& recipe) {
   copy_tokenizer_files(model_dir, output_dir);
   std::cout << "wrote " << (output_dir / "adapter_model.safetensors").string() << " (PEFT adapter, "
             << params.size() << " tensors)\n";
-  write_metrics_plot(log.path(), output_dir / "loss.svg", "gemma-train " + recipe.source);
-  std::cout << "wrote " << (output_dir / "loss.svg").string() << "\n";
+  const std::vector<MetricsPoint> points = read_metrics_jsonl(log.path());
+  if (std::any_of(points.begin(), points.end(),
+                  [](const MetricsPoint& p) { return p.loss || p.eval_loss; })) {
+    write_metrics_svg(points, output_dir / "loss.svg", "gemma-train " + recipe.source);
+    std::cout << "wrote " << (output_dir / "loss.svg").string() << "\n";
+  }
   if (recipe.export_.merged || recipe.export_.gguf) {
     const MergedCheckpoint merged(model_dir, output_dir);
     if (recipe.export_.merged) {

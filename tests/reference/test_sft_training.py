@@ -104,7 +104,8 @@ def trl_run(base, tmp_path, rows, *, packing=False, steps=3):
     torch.manual_seed(0)
     model = Gemma4ForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Gemma base tokenizers add <bos>; gemma-train always starts plain text with it (docs/data.md).
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), max_steps=steps,
                      learning_rate=LR, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.01,
                      max_grad_norm=1.0, gradient_checkpointing=False, bf16=False, max_length=MAX_LENGTH,
@@ -136,10 +137,16 @@ def test_first_steps_equal_trl_sft(gemma_train, base, tmp_path, kind):
     # The adapter after three steps, tensor by tensor (PEFT's state-dict keys carry the adapter name).
     trl_by_key = {k.replace(".default", ""): v for k, v in trl_state.items()}
     assert set(adapter) == set(trl_by_key)
+    # Relative to the adapter's norm. Float32's noise floor here: TRL's own grad_norm and ours sit
+    # ~2e-5 on either side of a float64 computation, and Adam's normalised steps carry that noise
+    # to the elements with the smallest gradients, so single elements are compared more loosely.
+    diff = sum(float((ours_t - trl_by_key[k]).pow(2).sum()) for k, ours_t in adapter.items())
+    norm = sum(float(t.pow(2).sum()) for t in trl_by_key.values())
+    assert (diff / norm) ** 0.5 < 1e-4, (diff / norm) ** 0.5
     for key, ours_t in adapter.items():
         theirs = trl_by_key[key]
-        err = float((ours_t - theirs).abs().max() / theirs.abs().max())
-        assert err < 1e-4, (key, err)
+        err = float((ours_t - theirs).norm() / theirs.norm())
+        assert err < 1e-3, (key, err)
 
 
 def test_packed_batches_give_the_unpacked_loss(gemma_train, base, tmp_path):
