@@ -13,19 +13,18 @@ import random
 
 CAPITALS = [
     ("France", "Paris"), ("Spain", "Madrid"), ("Italy", "Rome"), ("Germany", "Berlin"),
-    ("Portugal", "Lisbon"), ("Poland", "Warsaw"), ("Austria", "Vienna"), ("Greece", "Athens"),
-    ("Norway", "Oslo"), ("Sweden", "Stockholm"), ("Finland", "Helsinki"), ("Denmark", "Copenhagen"),
-    ("Ireland", "Dublin"), ("Egypt", "Cairo"), ("Kenya", "Nairobi"), ("Peru", "Lima"),
-    ("Chile", "Santiago"), ("Japan", "Tokyo"), ("China", "Beijing"), ("India", "New Delhi"),
-    ("Canada", "Ottawa"), ("Mexico", "Mexico City"), ("Cuba", "Havana"), ("Russia", "Moscow"),
-    ("Turkey", "Ankara"), ("Iran", "Tehran"), ("Thailand", "Bangkok"), ("Vietnam", "Hanoi"),
-    ("Australia", "Canberra"), ("Argentina", "Buenos Aires"),
+    ("Japan", "Tokyo"), ("Egypt", "Cairo"), ("Peru", "Lima"), ("Canada", "Ottawa"),
+    ("Kenya", "Nairobi"), ("Norway", "Oslo"),
 ]
 PHRASINGS = [
     "What is the capital of {c}?",
     "Capital of {c}?",
     "Which city is the capital of {c}?",
     "Tell me the capital of {c}.",
+    "What's the capital city of {c}?",
+    "Name the capital of {c}.",
+    "{c}: what is its capital?",
+    "I'd like to know the capital of {c}.",
 ]
 
 
