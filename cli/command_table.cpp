@@ -69,7 +69,8 @@ std::vector<CommandSpec> make_table() {
         {"model", "DIR", "", "with --data: the model folder whose tokenizer counts tokens"},
         {"max-length", "N", "1024", "with --data: rows longer than this many tokens are reported"},
         {"dump", "FILE", "",
-         "also write the tokenized examples (input_ids, masks) as JSONL, as the trainer sees them"}},
+         "also write the tokenized examples (input_ids, masks) as JSONL, as the trainer sees "
+         "them"}},
        run_validate_data_command},
       {"plot",
        "draw train/eval loss and learning rate against step (SVG) from a run's metrics.jsonl",
@@ -211,7 +212,7 @@ void set_threads(const CliFlags& flags) {
 }
 
 int run_command(const CommandSpec& command, std::vector<std::string> args) {
-  if (!command.positional.empty() && !args.empty() && args[0].rfind("-", 0) != 0)
+  if (!command.positional.empty() && !args.empty() && args[0].rfind('-', 0) != 0)
     args.insert(args.begin(), "--" + command.positional);
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {

@@ -134,7 +134,7 @@ class ChunkedLossSum : public torch::autograd::Function<ChunkedLossSum> {
                                const torch::Tensor& lm_head, const torch::Tensor& labels,
                                double softcap, int64_t chunk, TokenStats* stats) {
     const ChunkedHead head{hidden, lm_head, labels, softcap_of(softcap), chunk};
-    const torch::Tensor total = head.token_logprobs(stats).sum().neg();
+    torch::Tensor total = head.token_logprobs(stats).sum().neg();
     ctx->save_for_backward({hidden, lm_head, labels});
     ctx->saved_data["softcap"] = softcap;
     ctx->saved_data["chunk"] = chunk;
@@ -196,9 +196,8 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::T
 }
 
 torch::Tensor chunked_causal_lm_loss_sum(const torch::Tensor& hidden, const torch::Tensor& lm_head,
-                                         const torch::Tensor& labels,
-                                         std::optional<double> softcap, int64_t chunk_tokens,
-                                         TokenStats* stats) {
+                                         const torch::Tensor& labels, std::optional<double> softcap,
+                                         int64_t chunk_tokens, TokenStats* stats) {
   TORCH_CHECK(hidden.dim() == 2 && labels.dim() == 1 && hidden.size(0) == labels.size(0),
               "chunked_causal_lm_loss_sum: hidden [N, H] and labels [N]");
   TORCH_CHECK(chunk_tokens > 0, "chunked_causal_lm_loss_sum: chunk_tokens must be positive");

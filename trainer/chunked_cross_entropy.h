@@ -32,8 +32,7 @@ struct TokenStats {
 // so a trainer can divide by the loss tokens of a whole accumulation window; fills `stats` from
 // the same chunks when given.
 torch::Tensor chunked_causal_lm_loss_sum(const torch::Tensor& hidden, const torch::Tensor& lm_head,
-                                         const torch::Tensor& labels,
-                                         std::optional<double> softcap,
+                                         const torch::Tensor& labels, std::optional<double> softcap,
                                          int64_t chunk_tokens = 1024, TokenStats* stats = nullptr);
 
 // The same loss computed in one piece: the oracle for the chunked one.

@@ -59,6 +59,9 @@ constexpr Choice<TruncationMode> kTruncationModes[] = {{"keep_start", Truncation
                                                        {"keep_end", TruncationMode::kKeepEnd}};
 constexpr Choice<PackingStrategy> kPackingStrategies[] = {{"bfd", PackingStrategy::kBfd},
                                                           {"wrapped", PackingStrategy::kWrapped}};
+constexpr Choice<LossNormalization> kLossNormalizations[] = {
+    {"window_tokens", LossNormalization::kWindowTokens},
+    {"micro_batch", LossNormalization::kMicroBatch}};
 constexpr Choice<EvalStrategy> kEvalStrategies[] = {
     {"no", EvalStrategy::kNo}, {"steps", EvalStrategy::kSteps}, {"epoch", EvalStrategy::kEpoch}};
 // GGUF's names come from export/'s own table (gguf_out_type_name), the one place they live.
@@ -490,6 +493,8 @@ const std::vector<Field>& recipe_fields() {
       plain("training", "padding_free", kT, &T::padding_free, kSft | kDpo),
       plain("training", "completion_only_loss", kT, &T::completion_only_loss, kSft),
       plain("training", "assistant_only_loss", kT, &T::assistant_only_loss, kSft),
+      choice("training", "loss_normalization", kT, &T::loss_normalization, kLossNormalizations,
+             kSft),
       plain("training", "logging_steps", kT, &T::logging_steps),
       choice("training", "eval_strategy", kT, &T::eval_strategy, kEvalStrategies),
       plain("training", "eval_on_start", kT, &T::eval_on_start),

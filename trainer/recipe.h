@@ -85,6 +85,11 @@ enum class TruncationMode { kKeepStart, kKeepEnd };
 enum class PackingStrategy { kBfd, kWrapped };
 enum class EvalStrategy { kNo, kSteps, kEpoch };
 enum class ReportTarget { kTensorboard };
+// How a step's loss is averaged over its accumulation window: over every label token of the
+// window (transformers with num_items_in_batch: Gemma4ForCausalLM), or per micro-batch and then
+// over the micro-batches (what the Trainer does for Gemma4ForConditionalGeneration, whose
+// accepts_loss_kwargs is False: the class TRL loads for released Gemma 4 checkpoints).
+enum class LossNormalization { kWindowTokens, kMicroBatch };
 
 // training.resume_from_checkpoint: false (start fresh), true (the newest checkpoint-N in
 // output_dir) or a checkpoint folder.
@@ -121,6 +126,7 @@ struct TrainingSection {
   bool padding_free = false;
   std::optional<bool> completion_only_loss;  // null: on for prompt-completion data
   bool assistant_only_loss = false;
+  LossNormalization loss_normalization = LossNormalization::kWindowTokens;  // ours
   double logging_steps = 10;  // TRL's _BaseConfig (transformers: 500); < 1 a ratio
   EvalStrategy eval_strategy = EvalStrategy::kNo;
   bool eval_on_start = false;       // TrainingArguments: evaluate before the first step

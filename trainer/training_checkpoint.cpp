@@ -24,10 +24,14 @@ constexpr const char* kRngFile = "rng_state.safetensors";
 constexpr const char* kPrefix = "checkpoint-";
 
 json progress_json(const TrainingProgress& p) {
-  return {{"global_step", p.global_step},         {"epoch_index", p.epoch},
-          {"batches_in_epoch", p.batches_in_epoch}, {"num_tokens", p.num_tokens},
-          {"train_loss_sum", p.train_loss_sum},   {"log_loss_sum", p.log_loss_sum},
-          {"log_steps", p.log_steps},             {"log_entropy", p.log_entropy},
+  return {{"global_step", p.global_step},
+          {"epoch_index", p.epoch},
+          {"batches_in_epoch", p.batches_in_epoch},
+          {"num_tokens", p.num_tokens},
+          {"train_loss_sum", p.train_loss_sum},
+          {"log_loss_sum", p.log_loss_sum},
+          {"log_steps", p.log_steps},
+          {"log_entropy", p.log_entropy},
           {"log_accuracy", p.log_accuracy}};
 }
 
@@ -55,6 +59,7 @@ std::vector<fs::path> checkpoints_by_step(const fs::path& output_dir) {
   }
   std::sort(found.begin(), found.end());
   std::vector<fs::path> out;
+  out.reserve(found.size());
   for (auto& [step, path] : found) out.push_back(path);
   return out;
 }
@@ -67,7 +72,7 @@ std::optional<fs::path> newest_checkpoint(const fs::path& output_dir) {
 
 fs::path save_training_checkpoint(const fs::path& output_dir, Gemma4ForCausalLM& model,
                                   const CheckpointContents& c) {
-  const fs::path dir = output_dir / (kPrefix + std::to_string(c.progress->global_step));
+  fs::path dir = output_dir / (kPrefix + std::to_string(c.progress->global_step));
   // A checkpoint of this step from an earlier, overwritten run: this one replaces it.
   if (fs::exists(fs::symlink_status(dir))) {
     if (fs::is_symlink(dir) || !fs::is_directory(dir))
@@ -111,8 +116,8 @@ TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM
     p.log_history = state.at("log_history");
     if (run != nullptr) *run = state.at("run");
   } catch (const json::exception& e) {
-    throw InputError(state_path.string() + ": not a trainer state this version wrote (" +
-                     e.what() + ")");
+    throw InputError(state_path.string() + ": not a trainer state this version wrote (" + e.what() +
+                     ")");
   }
   // The adapter tensors, by the names save_training_checkpoint wrote them under.
   const SafetensorsFile adapter(peft_adapter_weights_file(dir));

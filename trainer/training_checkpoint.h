@@ -22,14 +22,14 @@ namespace gemma {
 // Where the loop stands after an optimizer step, and what it has summed since the last log.
 struct TrainingProgress {
   int64_t global_step = 0;
-  int64_t epoch = 0;           // the epoch being read (0-based)
+  int64_t epoch = 0;             // the epoch being read (0-based)
   int64_t batches_in_epoch = 0;  // micro-batches of that epoch already consumed
-  int64_t num_tokens = 0;      // tokens seen so far (TRL's num_tokens)
-  double train_loss_sum = 0;   // Σ step losses, for the final train_loss
+  int64_t num_tokens = 0;        // tokens seen so far (TRL's num_tokens)
+  double train_loss_sum = 0;     // Σ step losses, for the final train_loss
   // Since the last logged step:
   double log_loss_sum = 0;
   int64_t log_steps = 0;
-  std::vector<double> log_entropy;   // per micro-batch means, as TRL appends them
+  std::vector<double> log_entropy;  // per micro-batch means, as TRL appends them
   std::vector<double> log_accuracy;
   nlohmann::json log_history = nlohmann::json::array();  // every logged metrics object
 };

@@ -81,7 +81,8 @@ torch::ScalarType torch_dtype(RecipeDtype d, const fs::path& model_dir) {
   // auto: the checkpoint's own dtype, as from_pretrained(dtype="auto") reads it from config.json.
   try {
     const json config = json::parse(read_text_file(model_dir / "config.json"));
-    for (const json* c : {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
+    for (const json* c :
+         {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
       if (c == nullptr) continue;
       for (const char* key : {"dtype", "torch_dtype"}) {
         if (c->contains(key) && (*c)[key].is_string())
@@ -121,12 +122,23 @@ SftDataOptions sft_data_options(const Recipe& recipe) {
   const TrainingSection& t = recipe.training;
   SftDataOptions o;
   switch (recipe.data.kind) {
-    case DataKind::kAuto: break;
-    case DataKind::kText: o.kind = DatasetKind::kText; break;
-    case DataKind::kChat: o.kind = DatasetKind::kChat; break;
-    case DataKind::kCompletion: o.kind = DatasetKind::kCompletion; break;
-    case DataKind::kPreference: o.kind = DatasetKind::kPreference; break;
-    case DataKind::kKto: o.kind = DatasetKind::kKto; break;
+    case DataKind::kAuto:
+      break;
+    case DataKind::kText:
+      o.kind = DatasetKind::kText;
+      break;
+    case DataKind::kChat:
+      o.kind = DatasetKind::kChat;
+      break;
+    case DataKind::kCompletion:
+      o.kind = DatasetKind::kCompletion;
+      break;
+    case DataKind::kPreference:
+      o.kind = DatasetKind::kPreference;
+      break;
+    case DataKind::kKto:
+      o.kind = DatasetKind::kKto;
+      break;
   }
   o.max_length = t.max_length;
   o.truncation = t.truncation_mode == TruncationMode::kKeepEnd ? SftTruncation::kKeepEnd
@@ -257,8 +269,8 @@ EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int6
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     std::vector<int64_t> indices;
     for (int64_t i = begin; i < std::min(n, begin + batch_size); ++i) indices.push_back(i);
-    const auto units = static_cast<double>(
-        std::max<int64_t>(1, objective.loss_units(indices, Split::kEval)));
+    const auto units =
+        static_cast<double>(std::max<int64_t>(1, objective.loss_units(indices, Split::kEval)));
     const MicroBatchResult m = objective.run(model, indices, Split::kEval, units, false);
     weighted += m.loss * static_cast<double>(indices.size());
     rows += static_cast<int64_t>(indices.size());
@@ -318,8 +330,9 @@ int run_training(const Recipe& recipe) {
   const Gemma4Config config = load_gemma4_config((model_dir / "config.json").string());
   if (tokenizer.vocab_size() > config.vocab_size)
     throw InputError(model_dir.string() + ": the tokenizer has " +
-                     std::to_string(tokenizer.vocab_size()) + " tokens, the model's vocab_size is " +
-                     std::to_string(config.vocab_size) + "; they are not a pair");
+                     std::to_string(tokenizer.vocab_size()) +
+                     " tokens, the model's vocab_size is " + std::to_string(config.vocab_size) +
+                     "; they are not a pair");
   SftDataOptions data_options = sft_data_options(recipe);
   read_tokenizer_settings(model_dir, &data_options);  // its eos token and template revision
   SftDataReport train_report;
@@ -338,10 +351,12 @@ int run_training(const Recipe& recipe) {
                        " leaves no training rows out of " + std::to_string(n));
     const std::vector<int64_t> order = epoch_order(n, t.seed, -1);
     std::vector<uint8_t> is_eval(static_cast<size_t>(n), 0);
-    for (int64_t i = 0; i < n_eval; ++i) is_eval[static_cast<size_t>(order[static_cast<size_t>(i)])] = 1;
+    for (int64_t i = 0; i < n_eval; ++i)
+      is_eval[static_cast<size_t>(order[static_cast<size_t>(i)])] = 1;
     std::vector<SftExample> kept;
     for (int64_t i = 0; i < n; ++i)
-      (is_eval[static_cast<size_t>(i)] ? eval : kept).push_back(std::move(train[static_cast<size_t>(i)]));
+      (is_eval[static_cast<size_t>(i)] ? eval : kept)
+          .push_back(std::move(train[static_cast<size_t>(i)]));
     train = std::move(kept);
   }
   const bool packed = t.packing;
@@ -356,7 +371,8 @@ int run_training(const Recipe& recipe) {
   const bool padding_free =
       t.padding_free || (packed && t.packing_strategy == PackingStrategy::kBfd);
   if (t.eval_strategy != EvalStrategy::kNo && eval.empty())
-    throw InputError(recipe.source + ": training.eval_strategy needs data.eval_files or "
+    throw InputError(recipe.source +
+                     ": training.eval_strategy needs data.eval_files or "
                      "data.eval_split");
   const int64_t pad_id = tokenizer.special_id("<pad>").value_or(0);
   SftObjective objective(std::move(train), std::move(eval), pad_id, padding_free);
@@ -370,8 +386,8 @@ int run_training(const Recipe& recipe) {
       std::max<int64_t>(1, (batches_per_epoch + accumulation - 1) / accumulation);
   const int64_t total_steps =
       t.max_steps > 0 ? t.max_steps
-                      : static_cast<int64_t>(std::ceil(t.num_train_epochs *
-                                                       static_cast<double>(steps_per_epoch)));
+                      : static_cast<int64_t>(
+                            std::ceil(t.num_train_epochs * static_cast<double>(steps_per_epoch)));
   if (total_steps <= 0)
     throw InputError(recipe.source + ": training.num_train_epochs gives no step to train");
   const int64_t logging_steps = steps_of(t.logging_steps, total_steps);
@@ -379,14 +395,14 @@ int run_training(const Recipe& recipe) {
   const int64_t eval_steps = steps_of(t.eval_steps.value_or(t.logging_steps), total_steps);
 
   // ---- the model and its adapter.
-  std::cerr << "[train] " << n_train << " training sequences"
-            << (packed ? " (packed)" : "") << " from " << train_report.rows << " rows"
-            << (train_report.skipped_invalid ? ", " + std::to_string(train_report.skipped_invalid) +
-                                                   " invalid rows skipped"
-                                             : "")
-            << (train_report.truncated ? ", " + std::to_string(train_report.truncated) +
-                                             " truncated"
-                                       : "")
+  std::cerr << "[train] " << n_train << " training sequences" << (packed ? " (packed)" : "")
+            << " from " << train_report.rows << " rows"
+            << (train_report.skipped_invalid
+                    ? ", " + std::to_string(train_report.skipped_invalid) + " invalid rows skipped"
+                    : "")
+            << (train_report.truncated
+                    ? ", " + std::to_string(train_report.truncated) + " truncated"
+                    : "")
             << (train_report.dropped_no_labels
                     ? ", " + std::to_string(train_report.dropped_no_labels) +
                           " without trainable tokens dropped"
@@ -444,10 +460,18 @@ int run_training(const Recipe& recipe) {
   }
   LrScheduleKind kind = LrScheduleKind::kLinear;
   switch (t.lr_scheduler_type) {
-    case LrSchedulerType::kLinear: kind = LrScheduleKind::kLinear; break;
-    case LrSchedulerType::kCosine: kind = LrScheduleKind::kCosine; break;
-    case LrSchedulerType::kConstant: kind = LrScheduleKind::kConstant; break;
-    case LrSchedulerType::kConstantWithWarmup: kind = LrScheduleKind::kConstantWithWarmup; break;
+    case LrSchedulerType::kLinear:
+      kind = LrScheduleKind::kLinear;
+      break;
+    case LrSchedulerType::kCosine:
+      kind = LrScheduleKind::kCosine;
+      break;
+    case LrSchedulerType::kConstant:
+      kind = LrScheduleKind::kConstant;
+      break;
+    case LrSchedulerType::kConstantWithWarmup:
+      kind = LrScheduleKind::kConstantWithWarmup;
+      break;
   }
   const LrSchedule schedule(kind, warmup_steps_for(t.warmup_steps, total_steps), total_steps);
 
@@ -501,13 +525,11 @@ int run_training(const Recipe& recipe) {
                {"eval_mean_token_accuracy", e.accuracy},
                {"eval_runtime", e.seconds},
                {"epoch", epoch_now()}});
-    bar.message("step " + std::to_string(progress.global_step) + ": eval_loss " +
-                fixed(e.loss, 4));
+    bar.message("step " + std::to_string(progress.global_step) + ": eval_loss " + fixed(e.loss, 4));
   };
   const auto save = [&] {
-    CheckpointContents c{&spec, prefix, recipe.model.name_or_path, optimizer.get(), &progress,
-                         run};
-    const fs::path dir = save_training_checkpoint(output_dir, model, c);
+    CheckpointContents c{&spec, prefix, recipe.model.name_or_path, optimizer.get(), &progress, run};
+    fs::path dir = save_training_checkpoint(output_dir, model, c);
     if (t.save_total_limit) {
       std::vector<fs::path> all = checkpoints_by_step(output_dir);
       while (static_cast<int64_t>(all.size()) > *t.save_total_limit) {
@@ -549,9 +571,16 @@ int run_training(const Recipe& recipe) {
     int64_t units = 0;
     for (const auto& indices : window) units += objective.loss_units(indices, Split::kTrain);
     const auto normalizer = static_cast<double>(std::max<int64_t>(1, units));
+    const bool per_micro_batch = t.loss_normalization == LossNormalization::kMicroBatch;
     double step_loss = 0;
     for (const auto& indices : window) {
-      const MicroBatchResult m = objective.run(model, indices, Split::kTrain, normalizer, true);
+      // micro_batch: this micro-batch's token mean, then the mean over the window's micro-batches
+      const double divisor = per_micro_batch
+                                 ? static_cast<double>(std::max<int64_t>(
+                                       1, objective.loss_units(indices, Split::kTrain))) *
+                                       static_cast<double>(window.size())
+                                 : normalizer;
+      const MicroBatchResult m = objective.run(model, indices, Split::kTrain, divisor, true);
       step_loss += m.loss;
       progress.num_tokens += m.num_tokens;
       const auto count = static_cast<double>(std::max<int64_t>(1, m.stats.count));
@@ -580,8 +609,8 @@ int run_training(const Recipe& recipe) {
     if (logged) {
       json entry = {{"loss", progress.log_loss_sum / static_cast<double>(progress.log_steps)},
                     {"grad_norm", grad_norm},
-                    // the rate of the next step, as the Trainer logs after the scheduler's step
-                    {"learning_rate", t.learning_rate * schedule.lr_at(progress.global_step)},
+                    // the rate this step used, as the Trainer logs it
+                    {"learning_rate", t.learning_rate * schedule.lr_at(progress.global_step - 1)},
                     {"entropy", mean_of(progress.log_entropy)},
                     {"num_tokens", progress.num_tokens},
                     {"mean_token_accuracy", mean_of(progress.log_accuracy)},
@@ -610,11 +639,11 @@ int run_training(const Recipe& recipe) {
     }
     // A terminal redraws the bar every step; a log gets a line per logging step.
     if (bar.terminal() || logged || last)
-      bar.update(progress.global_step, {{"loss", fixed(last_loss, 4)},
-                                        {"tok/s", fixed(tokens_per_second, 0)}});
+      bar.update(progress.global_step,
+                 {{"loss", fixed(last_loss, 4)}, {"tok/s", fixed(tokens_per_second, 0)}});
     if (const int sig = signals.received(); sig != 0 && !last) {
-      const fs::path dir = saved ? output_dir / ("checkpoint-" + std::to_string(progress.global_step))
-                                 : save();
+      const fs::path dir =
+          saved ? output_dir / ("checkpoint-" + std::to_string(progress.global_step)) : save();
       bar.finish();
       std::cerr << "[train] " << (sig == SIGINT ? "interrupted" : "terminated") << " at step "
                 << progress.global_step << " of " << total_steps << "; saved " << dir.string()
@@ -628,13 +657,13 @@ int run_training(const Recipe& recipe) {
   const double runtime =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   const int64_t steps_run = progress.global_step - first_step;
-  log_entry({{"train_runtime", runtime},
-             {"train_samples_per_second",
-              runtime > 0 ? static_cast<double>(steps_run * batch_size * accumulation) / runtime
-                          : 0},
-             {"train_steps_per_second", runtime > 0 ? static_cast<double>(steps_run) / runtime : 0},
-             {"train_loss", progress.train_loss_sum / static_cast<double>(progress.global_step)},
-             {"epoch", epoch_now()}});
+  log_entry(
+      {{"train_runtime", runtime},
+       {"train_samples_per_second",
+        runtime > 0 ? static_cast<double>(steps_run * batch_size * accumulation) / runtime : 0},
+       {"train_steps_per_second", runtime > 0 ? static_cast<double>(steps_run) / runtime : 0},
+       {"train_loss", progress.train_loss_sum / static_cast<double>(progress.global_step)},
+       {"epoch", epoch_now()}});
   write_peft_adapter_files(model, spec, prefix, recipe.model.name_or_path, output_dir);
   copy_tokenizer_files(model_dir, output_dir);
   std::cout << "wrote " << (output_dir / "adapter_model.safetensors").string() << " (PEFT adapter, "

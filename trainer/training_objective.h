@@ -17,9 +17,9 @@ enum class Split { kTrain, kEval };
 
 // One micro-batch's share of a step.
 struct MicroBatchResult {
-  double loss = 0;          // Σ per-unit loss / normalizer
-  int64_t num_tokens = 0;   // TRL's num_tokens (attention-mask sum, or the row length)
-  TokenStats stats;         // counted tokens, argmax hits, entropy sum
+  double loss = 0;         // Σ per-unit loss / normalizer
+  int64_t num_tokens = 0;  // TRL's num_tokens (attention-mask sum, or the row length)
+  TokenStats stats;        // counted tokens, argmax hits, entropy sum
 };
 
 class TrainingObjective {

@@ -4,7 +4,6 @@ after a checkpoint and resumed ends with the uninterrupted run's adapter, byte f
 leaves a checkpoint that resumes; peft loads the final adapter onto transformers' Gemma 4 and
 computes our logits; bad input is one message, exit 2, and nothing written."""
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -164,3 +163,26 @@ def test_bad_input_is_one_message_and_writes_nothing(gemma_train, setup, tmp_pat
     (out / "notes.txt").write_text("mine")
     expect_error(gemma_train, ["--recipe", recipe(tmp_path, model, data, out)], "overwrite_output_dir")
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
+def test_the_demo_recipe_learns(gemma_train, tmp_path):
+    """recipes/demo.yaml as the README runs it (export left out, its first 40 steps): the eval
+    loss is then at least 30% below the eval loss before the first step."""
+    model = tmp_path / "demo-model"
+    run(gemma_train, "init", "--config", "demo", "--out", model, "--seed", 0, "--dtype", "bf16")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(REPO / "configs" / "tokenizer" / name, model / name)
+    out = tmp_path / "demo-run"
+    proc = subprocess.run([gemma_train, "--recipe", REPO / "recipes" / "demo.yaml",
+                           "--set", f"model.name_or_path={model}", "--set", f"training.output_dir={out}",
+                           "--set", f"data.train_files={REPO / 'recipes' / 'data' / 'demo-capitals.jsonl'}",
+                           "--set", "export.merged=false", "--set", "export.gguf=false",
+                           # the first evaluation after eval_on_start: 40 of the demo's 120 steps
+                           "--set", "training.max_steps=40"],
+                          capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    evals = [json.loads(line)["eval_loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" in line]
+    assert len(evals) >= 2 and evals[-1] <= 0.7 * evals[0], evals
+    assert (out / "runs").is_dir() and any((out / "runs").iterdir())
+    assert (out / "loss.svg").exists()

@@ -24,8 +24,7 @@ TEST(SftBatch, PadsOnTheRightWithMaskedLabels) {
   const SftBatch batch = collate_sft({&a, &b}, 0, false);
   EXPECT_TRUE(torch::equal(batch.input_ids, torch::tensor({{2, 10, 11, 12}, {2, 20, 0, 0}})));
   EXPECT_TRUE(torch::equal(batch.attention_mask, torch::tensor({{1, 1, 1, 1}, {1, 1, 0, 0}})));
-  EXPECT_TRUE(torch::equal(batch.labels,
-                           torch::tensor({{2, -100, 11, 12}, {2, 20, -100, -100}})));
+  EXPECT_TRUE(torch::equal(batch.labels, torch::tensor({{2, -100, 11, 12}, {2, 20, -100, -100}})));
   EXPECT_FALSE(batch.position_ids.defined());
   EXPECT_EQ(batch.num_tokens, 6);
   EXPECT_EQ(batch.loss_tokens, 3);  // labels[:, 1:]: 11, 12 and 20
@@ -39,8 +38,7 @@ TEST(SftBatch, PaddingFreeIsOneRowWithRestartingPositions) {
   EXPECT_TRUE(torch::equal(batch.input_ids, torch::tensor({{2, 10, 11, 2, 20, 2, 30, 31}})));
   EXPECT_TRUE(torch::equal(batch.position_ids, torch::tensor({{0, 1, 2, 0, 1, 0, 1, 2}})));
   // -100 at every position 0: no document predicts its first token from the one before.
-  EXPECT_TRUE(torch::equal(batch.labels,
-                           torch::tensor({{-100, 10, 11, -100, 20, -100, 30, 31}})));
+  EXPECT_TRUE(torch::equal(batch.labels, torch::tensor({{-100, 10, 11, -100, 20, -100, 30, 31}})));
   EXPECT_FALSE(batch.attention_mask.defined());
   EXPECT_EQ(batch.num_tokens, 8);
   EXPECT_EQ(batch.loss_tokens, 5);
@@ -57,7 +55,8 @@ TEST(ChunkedLossSum, EqualsTheFullLogitSumAndItsTokenMetrics) {
     // A third of the labels are the head's own argmax, so accuracy is not trivially 0.
     torch::NoGradGuard no_grad;
     const torch::Tensor top = torch::matmul(hidden, head.t()).argmax(1);
-    labels.index_put_({torch::indexing::Slice(0, n, 3)}, top.index({torch::indexing::Slice(0, n, 3)}));
+    labels.index_put_({torch::indexing::Slice(0, n, 3)},
+                      top.index({torch::indexing::Slice(0, n, 3)}));
   }
   labels.index_put_({torch::indexing::Slice(1, n, 4)}, kIgnoreIndex);
   TokenStats stats;
