@@ -13,6 +13,7 @@
 #include <limits>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -112,10 +113,22 @@ AdapterSpec adapter_spec(const Recipe& recipe) {
       spec.target_regex = p.target_modules.regex;
       break;
     case TargetModules::Form::kAllLinear:
-      break;  // AdapterSpec's default: every projection of the decoder
+      break;  // the model's own Linear names, filled in by all_linear_names() once it is loaded
   }
   spec.seed = static_cast<uint64_t>(recipe.training.seed);
   return spec;
+}
+
+// PEFT's "all-linear": every Linear but the output layer, by its module name; for Gemma 4's E
+// models that includes the per-layer-input projections (per_layer_input_gate,
+// per_layer_projection, per_layer_model_projection), and for MoE models the router's proj.
+std::vector<std::string> all_linear_names(Gemma4ForCausalLM& model) {
+  std::set<std::string> names;
+  for (const auto& [path, linear] : projections(model)) {
+    const std::string name = path.substr(path.rfind('.') + 1);
+    if (name != "lm_head") names.insert(name);
+  }
+  return {names.begin(), names.end()};
 }
 
 SftDataOptions sft_data_options(const Recipe& recipe) {
@@ -425,6 +438,8 @@ int run_training(const Recipe& recipe) {
     spec = load_peft_adapter(model, prefix, recipe.peft.adapter_name_or_path);
   } else {
     spec = adapter_spec(recipe);
+    if (recipe.peft.target_modules.form == TargetModules::Form::kAllLinear)
+      spec.target_modules = all_linear_names(model);
     attach_adapters(model, spec);
   }
   model->model->set_gradient_checkpointing(t.gradient_checkpointing);
