@@ -24,6 +24,8 @@ void AdamW::step() {
         s.exp_avg = state_zeros(param, param.scalar_type(), options_.paged);
         s.exp_avg_sq = state_zeros(param, param.scalar_type(), options_.paged);
       }
+      prefetch_state(s.exp_avg);
+      prefetch_state(s.exp_avg_sq);
       const double t = static_cast<double>(++s.step);
       if (group.weight_decay != 0) param.mul_(1 - group.lr * group.weight_decay);
       s.exp_avg.lerp_(grad, 1 - beta1);

@@ -19,7 +19,7 @@ struct AdamWOptions {
   double beta2 = 0.999;
   double eps = 1e-8;
   double weight_decay = 1e-2;  // torch's default; groups may override it
-  bool paged = false;          // PagedAdamW: large moments in a file mapping (paged_state.h)
+  bool paged = false;          // PagedAdamW: large moments paged (paged_state.h)
 };
 
 class AdamW : public Optimizer {

@@ -1,17 +1,17 @@
-// backends/cpu/ops.py `_optimizer_update_8bit_blockwise_cpu` and `_optimizer_update_32bit_cpu`
-// ("adam", gnorm_scale 1, no max_unorm) as called by Optimizer2State.update_step: the same torch
-// ops with the same double scalars in the same order, so the same bits (§2.2).
+// CPU parameters: backends/cpu/ops.py `_optimizer_update_8bit_blockwise_cpu` and
+// `_optimizer_update_32bit_cpu` ("adam", gnorm_scale 1, no max_unorm) as called by
+// Optimizer2State.update_step: the same torch ops with the same double scalars in the same order,
+// so the same bits (§2.2).
 //
-// Where bitsandbytes' CUDA kernel (kOptimizerStatic8bit2StateBlockwise) differs, and why our
-// numbers follow the CPU backend instead: it decays *after* the Adam step (a second rounding for
-// bf16 parameters), uses __powf/__fdividef and `eps * c2` inside the denominator, zeroes m and v
-// where the gradient is not finite (we let NaN/Inf through, as the CPU backend does), and
-// requantizes with the exact nearest code plus a sign fix on state1 rather than the 65536-bin
-// lookup of blockwise_8bit.h.
+// CUDA parameters: what bitsandbytes' CUDA kernels compute instead (adamw_8bit_cuda.h): decay
+// *after* the Adam step, __powf/__fdividef and `eps * c2` in the denominator, m and v zeroed where
+// the gradient is not finite, exact-nearest requantization with a sign fix on state1. Each device
+// gives the numbers bitsandbytes gives on it.
 #include "optim/adamw_8bit.h"
 
 #include <cmath>
 
+#include "optim/adamw_8bit_cuda.h"
 #include "optim/blockwise_8bit.h"
 #include "optim/paged_state.h"
 
@@ -24,14 +24,14 @@ AdamW8bit::State AdamW8bit::new_state(const torch::Tensor& param) const {
   State s;
   const int64_t n = param.numel();
   if (is_8bit(n)) {
-    TORCH_CHECK(param.device().is_cpu(),
-                "AdamW8bit: 8-bit state is implemented for CPU "
-                "parameters only");
+    TORCH_CHECK(param.device().is_cpu() || param.device().is_cuda(),
+                "AdamW8bit: 8-bit state on CPU or CUDA parameters, not ", param.device());
     const int64_t blocks = (n + kBlockwise8bitBlockSize - 1) / kBlockwise8bitBlockSize;
     s.state1 = state_zeros(param, torch::kUInt8, options_.paged);
     s.state2 = state_zeros(param, torch::kUInt8, options_.paged);
-    s.absmax1 = torch::zeros({blocks}, torch::kFloat32);
-    s.absmax2 = torch::zeros({blocks}, torch::kFloat32);
+    // absmax is never paged (bitsandbytes neither).
+    s.absmax1 = torch::zeros({blocks}, param.options().dtype(torch::kFloat32));
+    s.absmax2 = torch::zeros({blocks}, param.options().dtype(torch::kFloat32));
   } else {
     s.state1 = state_zeros(param, torch::kFloat32, options_.paged);
     s.state2 = state_zeros(param, torch::kFloat32, options_.paged);
@@ -48,7 +48,19 @@ void AdamW8bit::step() {
       if (it == state_.end()) it = state_.emplace(name, new_state(param)).first;
       State& s = it->second;
       ++s.step;
-      if (s.state1.scalar_type() == torch::kUInt8) {
+      const bool is_8bit_state = s.state1.scalar_type() == torch::kUInt8;
+      if (param.is_cuda()) {
+        prefetch_state(s.state1);
+        prefetch_state(s.state2);
+        const AdamWStepHyper hyper{group.lr,     options_.beta1,     options_.beta2,
+                                   options_.eps, group.weight_decay, s.step};
+        if (is_8bit_state) {
+          adamw_8bit_cuda_step(param, param.grad(), s.state1, s.state2, s.absmax1, s.absmax2,
+                               hyper);
+        } else {
+          adamw_32bit_state_cuda_step(param, param.grad(), s.state1, s.state2, hyper);
+        }
+      } else if (is_8bit_state) {
         update_8bit(group, param, s);
       } else {
         update_32bit(group, param, s);
@@ -131,9 +143,9 @@ void AdamW8bit::load_state_dict(const NamedTensors& state) {
       s.state2.copy_(saved.take(name + ".state2", param.sizes(), dtype, s.state2.device()));
       if (s.absmax1.defined()) {
         s.absmax1.copy_(
-            saved.take(name + ".absmax1", s.absmax1.sizes(), torch::kFloat32, torch::kCPU));
+            saved.take(name + ".absmax1", s.absmax1.sizes(), torch::kFloat32, s.absmax1.device()));
         s.absmax2.copy_(
-            saved.take(name + ".absmax2", s.absmax2.sizes(), torch::kFloat32, torch::kCPU));
+            saved.take(name + ".absmax2", s.absmax2.sizes(), torch::kFloat32, s.absmax2.device()));
       }
       loaded[name] = std::move(s);
     }

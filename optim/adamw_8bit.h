@@ -1,7 +1,8 @@
-// AdamW with 8-bit blockwise state, bit for bit bitsandbytes 0.50.2's CPU backend
-// (`bnb.optim.AdamW8bit` / `PagedAdamW8bit`, qlora-formats.md §2): the first moment as signed and
-// the second as unsigned dynamic-map codes with a float32 absmax per 256 elements; tensors under
-// min_8bit_size elements keep float32 moments instead. A quarter of AdamW's state memory.
+// AdamW with 8-bit blockwise state as bitsandbytes 0.50.2 computes it (`bnb.optim.AdamW8bit` /
+// `PagedAdamW8bit`): bit for bit its CPU backend on CPU parameters, its CUDA kernel's arithmetic
+// on GPU parameters (adamw_8bit_cuda.h). The first moment as signed and the second as unsigned
+// dynamic-map codes with a float32 absmax per 256 elements; tensors under min_8bit_size elements
+// keep float32 moments instead. A quarter of AdamW's state memory.
 #pragma once
 
 #include <torch/torch.h>
@@ -21,7 +22,7 @@ struct AdamW8bitOptions {
   double eps = 1e-8;
   double weight_decay = 1e-2;  // bitsandbytes' default; the Trainer's groups override it
   int64_t min_8bit_size = 4096;
-  bool paged = false;  // PagedAdamW8bit: large state1/state2 in a file mapping (paged_state.h)
+  bool paged = false;  // PagedAdamW8bit: large state1/state2 paged (paged_state.h)
 };
 
 class AdamW8bit : public Optimizer {

@@ -1,4 +1,5 @@
-// mkstemp + unlink + ftruncate (zero pages) + mmap(MAP_SHARED); the tensor's deleter unmaps.
+// CPU: mkstemp + unlink + ftruncate (zero pages) + mmap(MAP_SHARED); the tensor's deleter
+// unmaps. CUDA: kernels/cuda_managed_memory.h behind torch::from_blob.
 #include "optim/paged_state.h"
 
 #include <sys/mman.h>
@@ -10,6 +11,12 @@
 #include <string>
 #include <system_error>
 #include <vector>
+
+#ifdef GEMMA_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda_managed_memory.h"
+#endif
 
 namespace gemma {
 
@@ -39,11 +46,41 @@ torch::Tensor paged_zeros(torch::IntArrayRef shape, torch::ScalarType dtype) {
       data, shape, [bytes](void* p) { munmap(p, bytes); }, torch::TensorOptions().dtype(dtype));
 }
 
+torch::Tensor managed_zeros(torch::IntArrayRef shape, torch::ScalarType dtype,
+                            const torch::Device& device) {
+#ifdef GEMMA_WITH_CUDA
+  TORCH_CHECK(device.is_cuda(), "managed_zeros: a CUDA device");
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  const auto options = torch::TensorOptions().dtype(dtype).device(device);
+  if (bytes == 0) return torch::zeros(shape, options);
+  void* data = cuda::managed_alloc_zeroed(bytes);
+  return torch::from_blob(
+      data, shape, [](void* p) { cuda::managed_free(p); }, options);
+#else
+  TORCH_CHECK(false,
+              "paged optimizer state on CUDA: gemma-train was built without its CUDA "
+              "kernels (no CUDA toolkit at build time)");
+#endif
+}
+
 torch::Tensor state_zeros(const torch::Tensor& param, torch::ScalarType dtype, bool paged) {
-  if (paged && param.device().is_cpu() && param.numel() >= kPagedMinElements) {
-    return paged_zeros(param.sizes(), dtype);
+  if (paged && param.numel() >= kPagedMinElements) {
+    if (param.device().is_cpu()) return paged_zeros(param.sizes(), dtype);
+    if (param.device().is_cuda()) return managed_zeros(param.sizes(), dtype, param.device());
   }
   return torch::zeros(param.sizes(), param.options().dtype(dtype));
+}
+
+void prefetch_state(const torch::Tensor& state) {
+#ifdef GEMMA_WITH_CUDA
+  if (!state.defined() || !state.is_cuda() || state.numel() == 0) return;
+  if (!cuda::is_managed(state.data_ptr())) return;
+  const int device = state.device().index();
+  cuda::managed_prefetch(state.data_ptr(), state.nbytes(), device,
+                         c10::cuda::getCurrentCUDAStream(device).stream());
+#endif
 }
 
 }  // namespace gemma

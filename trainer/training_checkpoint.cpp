@@ -84,6 +84,13 @@ fs::path save_training_checkpoint(const fs::path& output_dir, Gemma4ForCausalLM&
     write_safetensors(tmp / kOptimizerFile, c.optimizer->state_dict(), {{"format", "pt"}});
     std::vector<std::pair<std::string, torch::Tensor>> rng = {
         {"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+    // Dropout on a GPU draws from that device's generator.
+    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
+      rng.emplace_back("cuda:" + std::to_string(i),
+                       at::globalContext()
+                           .defaultGenerator(at::Device(at::kCUDA, static_cast<int8_t>(i)))
+                           .get_state());
+    }
     write_safetensors(tmp / kRngFile, rng);
     json state = {{"global_step", c.progress->global_step},
                   {"log_history", c.progress->log_history},
@@ -145,6 +152,13 @@ TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM
   if (!rng.contains("cpu")) throw InputError(rng.path().string() + ": lacks the cpu RNG state");
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   gen.set_state(rng.view("cpu").clone());
+  for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
+    const std::string key = "cuda:" + std::to_string(i);
+    if (!rng.contains(key)) continue;  // saved by a CPU run
+    at::Generator cuda_gen =
+        at::globalContext().defaultGenerator(at::Device(at::kCUDA, static_cast<int8_t>(i)));
+    cuda_gen.set_state(rng.view(key).clone());
+  }
   return p;
 }
 

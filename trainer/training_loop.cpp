@@ -451,10 +451,6 @@ int run_training(const Recipe& recipe) {
   std::vector<ParamGroup> groups = decay_parameter_groups(params, t.weight_decay);
   std::unique_ptr<Optimizer> optimizer;
   if (t.optim == OptimizerName::kAdamw8bit || t.optim == OptimizerName::kPagedAdamw8bit) {
-    if (load.device.is_cuda())
-      throw InputError(recipe.source + ": training.optim " +
-                       (t.optim == OptimizerName::kAdamw8bit ? "adamw_8bit" : "paged_adamw_8bit") +
-                       " runs on the CPU in this build; use paged_adamw_32bit on CUDA");
     AdamW8bitOptions o;
     o.lr = t.learning_rate;
     o.beta1 = t.adam_beta1;
