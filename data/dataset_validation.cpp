@@ -52,67 +52,58 @@ DatasetValidationReport validate_dataset(
   // where it was first seen.
   std::unordered_map<size_t, std::string> seen;
   const bool packing = options.packing != SftPacking::kNone;
-  for (const std::filesystem::path& file : files) {
-    JsonlReader reader(file);
-    while (true) {
-      JsonlRow row;
-      try {
-        if (!reader.next(&row)) break;
-        ++r.rows;
-        if (!r.kind) r.kind = detect_dataset_kind(row.value, row.where);
-        if (!decided) {
-          completion_only_loss =
-              options.completion_only_loss.value_or(*r.kind == DatasetKind::kCompletion);
-        }
-        const DatasetRow parsed = parse_dataset_row(row.value, *r.kind, row.where);
-        int64_t tokens = 0;
-        if (tokenizer && sft_kind(*r.kind)) {
-          const SftExample e =
-              tokenize_sft_row(parsed, *tokenizer, options, completion_only_loss, row.where);
-          tokens = static_cast<int64_t>(e.input_ids.size());
-          const int64_t kept = options.max_length ? std::min(tokens, *options.max_length) : tokens;
-          const auto begin = options.truncation == SftTruncation::kKeepStart
-                                 ? e.labels_mask.begin()
-                                 : e.labels_mask.end() - static_cast<std::ptrdiff_t>(kept);
-          const auto labels = std::count(begin, begin + static_cast<std::ptrdiff_t>(kept), 1);
-          r.labels += labels;
-          if (labels == 0 && !packing && options.max_length) {
-            ++r.no_labels_after_truncation;
-            report_line(row.where + ": no label left after truncation to max_length " +
-                        std::to_string(*options.max_length) + " (the trainer drops this row)");
-          }
-        } else if (tokenizer) {
-          tokens = preference_tokens(parsed, *tokenizer, options);
-        }
-        decided = true;
-        r.tokens += tokens;
-        if (tokens > r.longest) {
-          r.longest = tokens;
-          r.longest_where = row.where;
-        }
-        if (options.max_length && tokens > *options.max_length) {
-          ++r.over_length;
-          report_line(row.where + ": " + std::to_string(tokens) + " tokens, over max_length " +
-                      std::to_string(*options.max_length) +
-                      (packing ? " (packing cuts it to max_length)"
-                       : options.truncation == SftTruncation::kKeepStart
-                           ? " (the trainer keeps its start)"
-                           : " (the trainer keeps its end)"));
-        }
-        const auto [it, fresh] =
-            seen.emplace(std::hash<std::string>{}(row.value.dump()), row.where);
-        if (!fresh) {
-          ++r.duplicates;
-          report_line(row.where + ": duplicate row: the same content as " + it->second);
-        }
-      } catch (const RowError& e) {
-        if (row.where.empty()) ++r.rows;  // the line never became a row
-        ++r.bad_rows;
-        ++r.bad_by_reason[row_problem_name(e.problem())];
-        report_line(e.what());
-      }
+  const auto on_row = [&](const JsonlRow& row) {
+    if (!r.kind) r.kind = detect_dataset_kind(row.value, row.where);
+    if (!decided) {
+      completion_only_loss =
+          options.completion_only_loss.value_or(*r.kind == DatasetKind::kCompletion);
     }
-  }
+    const DatasetRow parsed = parse_dataset_row(row.value, *r.kind, row.where);
+    int64_t tokens = 0;
+    if (tokenizer && sft_kind(*r.kind)) {
+      const SftExample e =
+          tokenize_sft_row(parsed, *tokenizer, options, completion_only_loss, row.where);
+      tokens = static_cast<int64_t>(e.input_ids.size());
+      const int64_t kept = options.max_length ? std::min(tokens, *options.max_length) : tokens;
+      const auto begin = options.truncation == SftTruncation::kKeepStart
+                             ? e.labels_mask.begin()
+                             : e.labels_mask.end() - static_cast<std::ptrdiff_t>(kept);
+      const auto labels = std::count(begin, begin + static_cast<std::ptrdiff_t>(kept), 1);
+      r.labels += labels;
+      if (labels == 0 && !packing && options.max_length) {
+        ++r.no_labels_after_truncation;
+        report_line(row.where + ": no label left after truncation to max_length " +
+                    std::to_string(*options.max_length) + " (the trainer drops this row)");
+      }
+    } else if (tokenizer) {
+      tokens = preference_tokens(parsed, *tokenizer, options);
+    }
+    decided = true;
+    r.tokens += tokens;
+    if (tokens > r.longest) {
+      r.longest = tokens;
+      r.longest_where = row.where;
+    }
+    if (options.max_length && tokens > *options.max_length) {
+      ++r.over_length;
+      report_line(row.where + ": " + std::to_string(tokens) + " tokens, over max_length " +
+                  std::to_string(*options.max_length) +
+                  (packing ? " (packing cuts it to max_length)"
+                   : options.truncation == SftTruncation::kKeepStart
+                       ? " (the trainer keeps its start)"
+                       : " (the trainer keeps its end)"));
+    }
+    const auto [it, fresh] = seen.emplace(std::hash<std::string>{}(row.value.dump()), row.where);
+    if (!fresh) {
+      ++r.duplicates;
+      report_line(row.where + ": duplicate row: the same content as " + it->second);
+    }
+  };
+  r.rows = for_each_jsonl_row(files, on_row, [&](const RowError& e) {
+    ++r.bad_rows;
+    ++r.bad_by_reason[row_problem_name(e.problem())];
+    report_line(e.what());
+  });
   return r;
 }
 

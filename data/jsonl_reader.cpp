@@ -99,6 +99,27 @@ bool JsonlReader::next(JsonlRow* row) {
   return false;
 }
 
+int64_t for_each_jsonl_row(const std::vector<std::filesystem::path>& files,
+                           const std::function<void(const JsonlRow&)>& on_row,
+                           const std::function<void(const RowError&)>& on_error) {
+  int64_t rows = 0;
+  for (const std::filesystem::path& file : files) {
+    JsonlReader reader(file);
+    while (true) {
+      JsonlRow row;
+      try {
+        if (!reader.next(&row)) break;
+        ++rows;
+        on_row(row);
+      } catch (const RowError& e) {
+        if (row.where.empty()) ++rows;  // a line that never became a row (too long, UTF-8, JSON)
+        on_error(e);
+      }
+    }
+  }
+  return rows;
+}
+
 size_t find_invalid_utf8(const std::string& text) {
   const auto* s = reinterpret_cast<const unsigned char*>(text.data());
   const size_t n = text.size();

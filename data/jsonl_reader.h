@@ -6,8 +6,10 @@
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "io/input_error.h"
 
@@ -71,6 +73,15 @@ class JsonlReader {
   size_t max_line_bytes_;
   int64_t line_ = 0;
 };
+
+// Every row of `files`, in order, given to `on_row`. A RowError, the reader's (a line too long,
+// not UTF-8, not JSON) or one `on_row` throws, goes to `on_error`, called inside the handler so
+// that a `throw;` there rethrows it; otherwise reading goes on with the next line. Anything else (a
+// file that cannot be opened or read, another InputError from `on_row`) propagates. Returns the
+// number of rows: every non-blank line, those that never became a row included.
+int64_t for_each_jsonl_row(const std::vector<std::filesystem::path>& files,
+                           const std::function<void(const JsonlRow&)>& on_row,
+                           const std::function<void(const RowError&)>& on_error);
 
 // The byte offset of the first invalid UTF-8 sequence in `text`, or npos when it is valid
 // (overlong forms, surrogates and code points above U+10FFFF are invalid).

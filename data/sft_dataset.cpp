@@ -72,50 +72,40 @@ std::vector<SftExample> read_sft_examples(const std::vector<std::filesystem::pat
   std::vector<SftExample> examples;
   int64_t labels = 0;
   const bool truncating = options.max_length && options.packing == SftPacking::kNone;
-  for (const std::filesystem::path& file : files) {
-    JsonlReader reader(file);
-    while (true) {
-      JsonlRow row;
-      try {
-        if (!reader.next(&row)) break;
-        ++r.rows;
-        if (!kind) kind = detect_dataset_kind(row.value, row.where);
-        if (!decided) {
-          if (*kind == DatasetKind::kPreference || *kind == DatasetKind::kKto) {
-            throw InputError(row.where + ": SFT takes text, messages or prompt/completion rows; " +
-                             "this file has " + dataset_kind_name(*kind) + " rows (" +
-                             (*kind == DatasetKind::kKto ? "prompt, completion, label: for KTO"
-                                                         : "chosen, rejected: for DPO") +
-                             ")");
-          }
-          // TRL: completion_only_loss=None means "prompt" and "completion" in dataset[0].
-          completion_only_loss =
-              options.completion_only_loss.value_or(*kind == DatasetKind::kCompletion);
-        }
-        const DatasetRow parsed = parse_dataset_row(row.value, *kind, row.where);
-        SftExample e =
-            tokenize_sft_row(parsed, tokenizer, options, completion_only_loss, row.where);
-        decided = true;
-        if (truncating && static_cast<int64_t>(e.input_ids.size()) > *options.max_length) {
-          truncate(&e, *options.max_length, options.truncation);
-          ++r.truncated;
-        }
-        const auto n = std::count(e.labels_mask.begin(), e.labels_mask.end(), 1);
-        if (truncating && n == 0) {  // TRL filters these after truncation (not when packing)
-          ++r.dropped_no_labels;
-          continue;
-        }
-        labels += n;
-        r.tokens += static_cast<int64_t>(e.input_ids.size());
-        examples.push_back(std::move(e));
-      } catch (const RowError&) {
-        if (!options.skip_invalid) throw;
-        if (row.where.empty())
-          ++r.rows;  // a line that never became a row (too long, bad UTF-8, JSON)
-        ++r.skipped_invalid;
+  const auto on_row = [&](const JsonlRow& row) {
+    if (!kind) kind = detect_dataset_kind(row.value, row.where);
+    if (!decided) {
+      if (*kind == DatasetKind::kPreference || *kind == DatasetKind::kKto) {
+        throw InputError(row.where + ": SFT takes text, messages or prompt/completion rows; " +
+                         "this file has " + dataset_kind_name(*kind) + " rows (" +
+                         (*kind == DatasetKind::kKto ? "prompt, completion, label: for KTO"
+                                                     : "chosen, rejected: for DPO") +
+                         ")");
       }
+      // TRL: completion_only_loss=None means "prompt" and "completion" in dataset[0].
+      completion_only_loss =
+          options.completion_only_loss.value_or(*kind == DatasetKind::kCompletion);
     }
-  }
+    const DatasetRow parsed = parse_dataset_row(row.value, *kind, row.where);
+    SftExample e = tokenize_sft_row(parsed, tokenizer, options, completion_only_loss, row.where);
+    decided = true;
+    if (truncating && static_cast<int64_t>(e.input_ids.size()) > *options.max_length) {
+      truncate(&e, *options.max_length, options.truncation);
+      ++r.truncated;
+    }
+    const auto n = std::count(e.labels_mask.begin(), e.labels_mask.end(), 1);
+    if (truncating && n == 0) {  // TRL filters these after truncation (not when packing)
+      ++r.dropped_no_labels;
+      return;
+    }
+    labels += n;
+    r.tokens += static_cast<int64_t>(e.input_ids.size());
+    examples.push_back(std::move(e));
+  };
+  r.rows = for_each_jsonl_row(files, on_row, [&](const RowError&) {
+    if (!options.skip_invalid) throw;
+    ++r.skipped_invalid;
+  });
   r.kind = kind.value_or(DatasetKind::kText);
   if (report) *report = r;
   if (r.rows == 0) throw InputError(file_list(files) + ": no rows (empty dataset)");

@@ -198,6 +198,43 @@ TEST(SftRows, LongLinesAreErrorsAndReadingGoesOn) {
   EXPECT_EQ(n, 3);
 }
 
+TEST(SftRows, ForEachJsonlRowCountsRowsAndRoutesRowErrors) {
+  const TempFile a("{\"n\": 1}\n\n{bad\n{\"n\": 2}\n");
+  const TempFile b("{\"n\": 3}");
+  const std::vector<fs::path> files = {a.path(), b.path()};
+  std::vector<std::string> seen;
+  std::vector<RowProblem> problems;
+  const auto on_row = [&](const JsonlRow& row) {
+    seen.push_back(row.where);
+    if (row.value["n"] == 2) throw RowError(RowProblem::kMistypedField, row.where + ": two");
+  };
+  const int64_t rows = for_each_jsonl_row(
+      files, on_row, [&](const RowError& e) { problems.push_back(e.problem()); });
+  EXPECT_EQ(rows, 4);  // the bad JSON line counts, the blank one does not
+  EXPECT_EQ(seen, (std::vector<std::string>{a.name() + ":1", a.name() + ":4", b.name() + ":1"}));
+  EXPECT_EQ(problems,
+            (std::vector<RowProblem>{RowProblem::kInvalidJson, RowProblem::kMistypedField}));
+  // `throw;` in on_error rethrows the RowError itself; other errors never reach on_error.
+  try {
+    for_each_jsonl_row(files, on_row, [](const RowError&) { throw; });
+    FAIL() << "the bad JSON line was not rethrown";
+  } catch (const RowError& e) {
+    EXPECT_EQ(e.problem(), RowProblem::kInvalidJson);
+    EXPECT_NE(std::string(e.what()).find(a.name() + ":3: invalid JSON"), std::string::npos);
+  }
+  int errors = 0;
+  const auto count_errors = [&](const RowError&) { ++errors; };
+  EXPECT_THROW(
+      for_each_jsonl_row(
+          files, [](const JsonlRow&) { throw InputError("not a row's fault"); }, count_errors),
+      InputError);
+  EXPECT_THROW(for_each_jsonl_row(
+                   {a.path(), a.path().parent_path() / "missing.jsonl"}, [](const JsonlRow&) {},
+                   count_errors),
+               InputError);
+  EXPECT_EQ(errors, 1);  // only the last call reached the bad JSON line (before the missing file)
+}
+
 TEST(SftRows, SkipInvalidCountsAndSkips) {
   SftDataOptions o;
   o.skip_invalid = true;

@@ -1,9 +1,11 @@
 """SFT training against TRL 1.16 + PEFT 0.21.2 on a small random Gemma 4: from the same adapter, on
-the same rows (one batch holding every row, so the sampler's order cannot matter), in float32 with
-32-bit AdamW, our first step's loss and grad_norm and the adapter after three steps equal
+the same rows (plain text, prompt/completion, and conversations: messages and conversational
+prompt/completion; one batch holding every row, so the sampler's order cannot matter), in float32
+with 32-bit AdamW, our first step's loss and grad_norm and the adapter after three steps equal
 TRL's SFTTrainer run; packed (bfd, padding-free) batches give the loss of unpacked ones."""
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ from safetensors.torch import load_file
 
 from conftest import REPO, run
 
-pytest.importorskip("trl")
+trl = pytest.importorskip("trl")
 
 ROWS_TEXT = [
     {"text": "The river runs past the old mill and into the valley."},
@@ -27,6 +29,33 @@ ROWS_COMPLETION = [
     {"prompt": "Two plus two equals", "completion": " four, as everyone knows."},
     {"prompt": "Translate 'cat' to French:", "completion": " chat"},
     {"prompt": "Write a haiku about rain.\n", "completion": "Soft rain on the roof\nthe garden drinks in silence\nclouds move to the east"},
+]
+# Conversations in the official Gemma 4 template that trl ships (as tests/reference/test_sft_data.py
+# uses it): system turns, multi-turn ones, and rows over MAX_LENGTH (both sides keep their start;
+# the third completion row keeps 2 of its completion tokens).
+ROWS_MESSAGES = [
+    {"messages": [{"role": "system", "content": "Answer in one word."},
+                  {"role": "user", "content": "The sky's color?"}, {"role": "assistant", "content": "Blue."}]},
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                  {"role": "user", "content": "2+3?"}, {"role": "assistant", "content": "5"}]},
+    {"messages": [{"role": "user", "content": "Write a line about rain."},
+                  {"role": "assistant", "content": "Soft rain on the roof."}]},
+    {"messages": [{"role": "system", "content": "You are a patient teacher who explains things step by step."},
+                  {"role": "user", "content": "Why do boats float on water?"},
+                  {"role": "assistant", "content": "A boat pushes water aside; the water pushes back up with a force "
+                                                   "equal to the weight it displaced, which holds the boat up."}]},
+]
+ROWS_CONV_COMPLETION = [
+    {"prompt": [{"role": "user", "content": "The capital of France?"}],
+     "completion": [{"role": "assistant", "content": "Paris."}]},
+    {"prompt": [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Two plus two?"}],
+     "completion": [{"role": "assistant", "content": "Four."}]},
+    {"prompt": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+                {"role": "user", "content": "Translate 'cat' to French."}],
+     "completion": [{"role": "assistant", "content": "Chat."}]},
+    {"prompt": [{"role": "user", "content": "A haiku about rain."}],
+     "completion": [{"role": "assistant",
+                     "content": "Soft rain on the roof\nthe garden drinks in silence\nclouds move to the east"}]},
 ]
 MAX_LENGTH = 48
 LR = 1e-3
@@ -48,10 +77,21 @@ def small_model(gemma_train, out, seed=5, dtype="f32", text_only=True):
     return out
 
 
+def official_template():
+    folder = pathlib.Path(trl.__file__).parent / "chat_templates"
+    for name in ("gemma4_v5.jinja", "gemma4_v4.jinja", "gemma4.jinja"):
+        if (folder / name).exists():
+            return (folder / name).read_text()
+    pytest.skip("the installed trl ships no Gemma 4 chat template")
+
+
 @pytest.fixture(scope="module")
 def base(gemma_train, tmp_path_factory):
     root = tmp_path_factory.mktemp("sft")
     model = small_model(gemma_train, root / "base")
+    # The checkpoint's template: TRL's tokenizer renders conversations with it; gemma-train renders
+    # them itself and reads the file only for the revision's empty-thought-channel variant.
+    (model / "chat_template.jinja").write_text(official_template())
     adapter = root / "init-adapter"
     # B random as well, so the first step moves A too.
     run(gemma_train, "adapter", "--model", model, "--out", adapter, "--r", 4, "--alpha", 8, "--init", "random",
@@ -105,6 +145,9 @@ def trl_run(base, tmp_path, rows, *, packing=False, steps=3):
     model = Gemma4ForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
     # Gemma base tokenizers add <bos>; gemma-train always starts plain text with it (docs/data.md).
+    # Conversations get theirs from the chat template alone: TRL tokenizes them through
+    # apply_chat_template, which adds no special tokens, so the flag doubles no <bos> there (the
+    # test checks the first ids).
     tokenizer = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)
     args = SFTConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), max_steps=steps,
                      learning_rate=LR, lr_scheduler_type="constant", optim="adamw_torch", weight_decay=0.01,
@@ -112,6 +155,8 @@ def trl_run(base, tmp_path, rows, *, packing=False, steps=3):
                      packing=packing, logging_steps=1, save_strategy="no", report_to="none", seed=42,
                      use_cpu=True, dataloader_num_workers=0)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer)
+    first = trainer.train_dataset[0]["input_ids"]
+    assert first[0] == tokenizer.bos_token_id and first[1] != tokenizer.bos_token_id, first[:4]
     trainer.train()
     logs = [h for h in trainer.state.log_history if "loss" in h]
     state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
@@ -122,9 +167,13 @@ def close(a, b, rel=1e-4):
     return abs(a - b) <= rel * max(abs(a), abs(b), 1e-12)
 
 
-@pytest.mark.parametrize("kind", ["text", "completion", "text-packed"])
+ROWS = {"text": ROWS_TEXT, "completion": ROWS_COMPLETION, "messages": ROWS_MESSAGES,
+        "conversational-completion": ROWS_CONV_COMPLETION}
+
+
+@pytest.mark.parametrize("kind", ["text", "completion", "text-packed", "messages", "conversational-completion"])
 def test_first_steps_equal_trl_sft(gemma_train, base, tmp_path, kind):
-    rows = ROWS_COMPLETION if kind == "completion" else ROWS_TEXT
+    rows = ROWS[kind.removesuffix("-packed")]
     packing = kind.endswith("packed")
     metrics, adapter = ours(gemma_train, base, tmp_path, rows, packing=packing)
     trl_logs, trl_state = trl_run(base, tmp_path, rows, packing=packing)
@@ -140,6 +189,11 @@ def test_first_steps_equal_trl_sft(gemma_train, base, tmp_path, kind):
     # Relative to the adapter's norm. Float32's noise floor here: TRL's own grad_norm and ours sit
     # ~2e-5 on either side of a float64 computation, and Adam's normalised steps carry that noise
     # to the elements with the smallest gradients, so single elements are compared more loosely.
+    # Rows decide how close to that floor a run comes: where a gradient is as small as its noise
+    # (near Adam's eps), its first update differs by up to lr, and three steps spread that. With a
+    # fifth, short row in ROWS_MESSAGES one element was 4e-4 apart after the first step and ours
+    # ended 1.2e-4 from TRL's run, yet 3.3e-5 from TRL's in float64 (TRL's own float32 run: 1.4e-4);
+    # without that row, 3e-6.
     diff = sum(float((ours_t - trl_by_key[k]).pow(2).sum()) for k, ours_t in adapter.items())
     norm = sum(float(t.pow(2).sum()) for t in trl_by_key.values())
     assert (diff / norm) ** 0.5 < 1e-4, (diff / norm) ** 0.5
