@@ -81,6 +81,10 @@ CliFlags::CliFlags(std::string command, const std::vector<std::string>& args,
     } else if (!inline_value) {
       if (i + 1 >= args.size()) throw InputError(command_ + ": --" + name + " needs a value");
       value = args[++i];
+      // `--out --model` is a forgotten value, not an output named "--model".
+      if (value.rfind("--", 0) == 0)
+        throw InputError(command_ + ": --" + name + " needs a value, found the flag \"" + value +
+                         "\" (write --" + name + "=" + value + " if that is the value)");
     }
     if (values_.count(name) && !flag->repeatable)
       throw InputError(command_ + ": --" + name + " given twice");

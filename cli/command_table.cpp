@@ -1,5 +1,9 @@
 #include "cli/command_table.h"
 
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
 #include <iostream>
 #include <sstream>
 #include <thread>
@@ -12,6 +16,8 @@
 #include "cli/plot_command.h"
 #include "cli/text_commands.h"
 #include "cli/train_command.h"
+#include "io/atomic_output.h"
+#include "io/file_identity.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -204,11 +210,53 @@ void set_threads(const CliFlags& flags) {
   int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
   if (flags.has("threads")) {
     threads = flags.integer("threads");
-    if (threads <= 0)
-      throw InputError(flags.command() + ": --threads expects a positive integer, found \"" +
-                       flags.value("threads") + "\"");
+    // More threads than this is a typo, and OpenMP would try to start them all.
+    constexpr int64_t kMaxThreads = 1024;
+    if (threads <= 0 || threads > kMaxThreads)
+      throw InputError(flags.command() + ": --threads expects an integer from 1 to " +
+                       std::to_string(kMaxThreads) + ", found \"" + flags.value("threads") + "\"");
   }
   if (threads > 0) torch::set_num_threads(static_cast<int>(threads));
+}
+
+bool is_output_flag(const FlagSpec& f) {
+  return f.name == "out" || f.name == "output" || f.name == "dump" || f.name == "trace";
+}
+
+bool is_path_flag(const FlagSpec& f) {
+  return f.value.rfind("FILE", 0) == 0 || f.value.rfind("DIR", 0) == 0;
+}
+
+// Every path the command reads is noted first (a folder: the files in it), so that an output
+// naming one of them, or a symlink, a device or an existing folder, is refused before any work
+// (io/atomic_output.h); the writers check again when they publish.
+void check_outputs_before_work(const CommandSpec& command, const CliFlags& flags) {
+  for (const FlagSpec& f : command.flags) {
+    if (is_output_flag(f) || !is_path_flag(f) || !flags.has(f.name)) continue;
+    const std::vector<std::string> given =
+        f.repeatable ? flags.values(f.name) : std::vector<std::string>{flags.value(f.name)};
+    for (const std::string& path : given) {
+      std::error_code ec;
+      if (std::filesystem::is_directory(path, ec)) {
+        for (std::filesystem::directory_iterator it(path, ec), end; !ec && it != end;
+             it.increment(ec)) {
+          if (it->is_regular_file(ec)) note_input_file(it->path());
+        }
+      } else {
+        note_input_file(path);
+      }
+    }
+  }
+  for (const FlagSpec& f : command.flags) {
+    if (!is_output_flag(f) || !flags.has(f.name)) continue;
+    const std::string path = flags.value(f.name);
+    if (f.value == "DIR") {
+      check_output_folder(path);
+    } else {
+      const bool must_not_exist = f.help.find("must not exist") != std::string::npos;
+      check_output_file(path, must_not_exist ? ExistingOutput::kRefuse : ExistingOutput::kReplace);
+    }
+  }
 }
 
 int run_command(const CommandSpec& command, std::vector<std::string> args) {
@@ -222,6 +270,7 @@ int run_command(const CommandSpec& command, std::vector<std::string> args) {
   }
   const CliFlags flags(command.name, args, concat(command.flags, global_flags()));
   set_threads(flags);
+  check_outputs_before_work(command, flags);
   return command.run(flags);
 }
 
@@ -295,7 +344,16 @@ int run_cli(std::vector<std::string> args) {
       std::cerr << "gemma-train: unknown command \"" << args[0] << "\"\n\n" << binary_help();
       return 2;
     }
-    return run_command(*command, std::vector<std::string>(args.begin() + 1, args.end()));
+    remove_temporaries_on_signals();
+    start_noting_inputs();
+    const int rc = run_command(*command, std::vector<std::string>(args.begin() + 1, args.end()));
+    // A full disk or a closed pipe on stdout is a failed command, not a success.
+    std::cout.flush();
+    if (!std::cout || std::fflush(stdout) != 0) {
+      std::cerr << "gemma-train: error: stdout: write failed: " << std::strerror(errno) << "\n";
+      return 2;
+    }
+    return rc;
   } catch (const InputError& e) {
     std::cerr << "gemma-train: error: " << e.what() << "\n";
     return 2;

@@ -11,6 +11,7 @@
 #include "data/chat_template.h"
 #include "data/tokenizer.h"
 #include "io/atomic_output.h"
+#include "io/file_identity.h"
 #include "io/input_error.h"
 #include "model/gemma4_hf_checkpoint.h"
 #include "model/generation.h"
@@ -165,8 +166,12 @@ int run_batched(const CliFlags& flags, TextModel& m, const GenerationOptions& g)
   const fs::path input = flags.required("input");
   const fs::path output = flags.required("output");
   const bool raw = flags.has("raw");
+  std::error_code ec;
+  if (fs::exists(input, ec) && !fs::is_regular_file(input, ec))
+    throw InputError(input.string() + ": not a regular file");
   std::ifstream in(input);
   if (!in) throw InputError(input.string() + ": cannot open");
+  note_input_file(input);
   std::vector<std::vector<int64_t>> prompts;
   std::string line;
   for (int line_no = 1; std::getline(in, line); ++line_no) {

@@ -2,6 +2,8 @@
 
 #include <array>
 
+#include "io/file_identity.h"
+
 namespace gemma {
 
 const char* row_problem_name(RowProblem problem) {
@@ -33,11 +35,16 @@ const char* row_problem_name(RowProblem problem) {
 }
 
 JsonlReader::JsonlReader(const std::filesystem::path& path, size_t max_line_bytes)
-    : file_(path.string()), in_(path, std::ios::binary), max_line_bytes_(max_line_bytes) {
+    : file_(path.string()), max_line_bytes_(max_line_bytes) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
     throw InputError(file_ + ": is a folder, not a JSONL file");
+  // Checked before opening: opening a FIFO would wait for a writer.
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec))
+    throw InputError(file_ + ": not a regular file");
+  in_.open(path, std::ios::binary);
   if (!in_) throw InputError(file_ + ": cannot open");
+  note_input_file(path);
 }
 
 bool JsonlReader::read_line(std::string* text, bool* too_long) {

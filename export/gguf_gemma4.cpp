@@ -625,7 +625,7 @@ Gemma4GgufExport export_gemma4_gguf(const MergedCheckpoint& checkpoint, const fs
     });
   }
 
-  AtomicFileWriter file(out);
+  AtomicFileWriter file(out, ExistingOutput::kRefuse);  // of two exports, one wins
   writer.write([&file](const void* data, size_t size) { file.write(data, size); });
   file.commit();
 

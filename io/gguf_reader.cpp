@@ -277,9 +277,12 @@ GgufHeader parse_gguf(std::istream& in, uint64_t size, const std::string& where)
 }
 
 GgufReader::GgufReader(fs::path path) : path_(std::move(path)) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path_, ec) && fs::exists(path_, ec))
+    throw InputError(path_.string() + ": not a regular file");
   std::ifstream in(path_, std::ios::binary);
   if (!in) throw InputError(path_.string() + ": cannot open");
-  std::error_code ec;
+  note_input_file(path_);
   const uint64_t size = fs::file_size(path_, ec);
   if (ec) throw InputError(path_.string() + ": cannot read its size: " + ec.message());
   header_ = parse_gguf(in, size, path_.string());

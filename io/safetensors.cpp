@@ -70,6 +70,7 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
     ::close(fd);
     throw InputError(where + ": not a regular file");
   }
+  note_input_file(path);
   const auto file_size = static_cast<uint64_t>(st.st_size);
   if (file_size < 8) {
     ::close(fd);

@@ -118,6 +118,11 @@ TEST(CliFlags, ParsesOnceIntoTypesAndRefusesWhatTheRowDoesNotAllow) {
             std::string::npos);
   EXPECT_NE(error_of({"--model", "m", "--dora=1"}).find("takes no value"), std::string::npos);
   EXPECT_NE(error_of({"--model"}).find("needs a value"), std::string::npos);
+  // A forgotten value is not filled by the next flag; `--flag=--value` says it is meant.
+  EXPECT_NE(error_of({"--model", "--r", "3"}).find("--model needs a value, found the flag"),
+            std::string::npos);
+  const CliFlags meant("cmd", {"--model=--odd-name"}, specs);
+  EXPECT_EQ(meant.value("model"), "--odd-name");
 }
 
 TEST(CliFlags, UpperCaseAlternativesNameKindsNotChoices) {

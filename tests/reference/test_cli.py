@@ -243,3 +243,40 @@ def test_train_reads_the_recipe_before_anything_else(gemma_train, tmp_path):
     expect_error(gemma_train, ["--recipe", recipe],
                  f"model.name_or_path {tmp_path / 'm'} is not a model folder (no config.json there)")
     assert not (tmp_path / "run").exists()
+
+
+def test_outputs_that_must_not_be_replaced(gemma_train, demo, tiny, tmp_path):
+    """An output that is an input, a symlink, a FIFO or an existing export is refused before any
+    work, with one line naming it; what was there stays as it was. A full stdout is an error."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("{\"prompt\": \"hi\"}\n")
+    expect_error(gemma_train, ["generate", "--model", demo, "--input", prompts, "--output", prompts],
+                 "also an input")
+    assert prompts.read_text() == "{\"prompt\": \"hi\"}\n"
+    precious = tmp_path / "precious.bin"
+    precious.write_bytes(b"keep")
+    link = tmp_path / "link.bin"
+    link.symlink_to(precious)
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", link], "symbolic link")
+    assert link.is_symlink() and precious.read_bytes() == b"keep"
+    fifo = tmp_path / "fifo"
+    __import__("os").mkfifo(fifo)
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", fifo], "not a regular file")
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", tiny / "config.json"],
+                 "also an input")
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"older export")
+    expect_error(gemma_train, ["export", "--format", "gguf", "--model", tiny, "--out", gguf], "already exists")
+    assert gguf.read_bytes() == b"older export"
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([gemma_train, "info", "--model", str(tiny)], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=60)
+    assert proc.returncode == 2, proc
+    assert "stdout: write failed" in proc.stderr, proc.stderr
+    assert not [p for p in tmp_path.iterdir() if ".gemma-tmp-" in p.name]
+
+
+def test_flag_values_are_bounded(gemma_train, tiny):
+    expect_error(gemma_train, ["info", "--model", tiny, "--threads", "100000"], "from 1 to 1024")
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1", "--out", "--threads", "1"],
+                 "--out needs a value, found the flag \"--threads\"")
