@@ -18,6 +18,16 @@ def gemma_train():
     return path
 
 
+def official_template():
+    """The Gemma 4 chat template trl ships (its newest revision), the reference for ours."""
+    trl = pytest.importorskip("trl")
+    folder = pathlib.Path(trl.__file__).parent / "chat_templates"
+    for name in ("gemma4_v5.jinja", "gemma4_v4.jinja", "gemma4.jinja"):
+        if (folder / name).exists():
+            return (folder / name).read_text()
+    pytest.skip("the installed trl ships no Gemma 4 chat template")
+
+
 def run(binary, *args, check=True):
     proc = subprocess.run([binary, *map(str, args)], capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:

@@ -10,18 +10,16 @@ that trl ships; `add_bos_token=True` as Gemma's base tokenizers set it (gemma-tr
 plain text with <bos>, docs/data.md). assistant_only_loss is not here: TRL refuses it on Gemma 4
 (tests/data/sft_data_test.cpp checks ours against a hand-built expectation)."""
 import json
-import pathlib
 import shutil
 import types
 
 import pytest
-import trl
 from datasets import Dataset
 from transformers import AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-from conftest import REPO, run
+from conftest import REPO, official_template, run
 
 TOKENIZER_DIR = REPO / "configs" / "tokenizer"
 MAX_LENGTH = 48
@@ -61,14 +59,6 @@ MESSAGES_ROWS = [
 ]
 CASES = {"text": TEXT_ROWS, "plain_completion": PLAIN_COMPLETION_ROWS,
          "conversational_completion": CONV_COMPLETION_ROWS, "messages": MESSAGES_ROWS}
-
-
-def official_template():
-    folder = pathlib.Path(trl.__file__).parent / "chat_templates"
-    for name in ("gemma4_v5.jinja", "gemma4_v4.jinja", "gemma4.jinja"):
-        if (folder / name).exists():
-            return (folder / name).read_text()
-    pytest.skip("the installed trl ships no Gemma 4 chat template")
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,13 @@ with 32-bit AdamW, our first step's loss and grad_norm and the adapter after thr
 TRL's SFTTrainer run; packed (bfd, padding-free) batches give the loss of unpacked ones."""
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, run
+from conftest import REPO, official_template, run
 
 trl = pytest.importorskip("trl")
 
@@ -75,14 +74,6 @@ def small_model(gemma_train, out, seed=5, dtype="f32", text_only=True):
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (out / name).write_bytes((REPO / "configs" / "tokenizer" / name).read_bytes())
     return out
-
-
-def official_template():
-    folder = pathlib.Path(trl.__file__).parent / "chat_templates"
-    for name in ("gemma4_v5.jinja", "gemma4_v4.jinja", "gemma4.jinja"):
-        if (folder / name).exists():
-            return (folder / name).read_text()
-    pytest.skip("the installed trl ships no Gemma 4 chat template")
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 bundled tokenizer.json, and conversations rendered by transformers' apply_chat_template from the
 official Gemma 4 chat template that the installed `trl` ships (trl/chat_templates/gemma4*.jinja)."""
 import json
-import pathlib
 import shutil
 
 import pytest
-import trl
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
-from conftest import REPO, run
+from conftest import REPO, official_template, run
 
 TOKENIZER_DIR = REPO / "configs" / "tokenizer"
 
@@ -63,14 +61,6 @@ CONVERSATIONS = {
         {"role": "tool", "tool_call_id": "x", "content": "rain"}],
         tools=WEATHER, enable_thinking=True, add_generation_prompt=True),
 }
-
-
-def official_template():
-    folder = pathlib.Path(trl.__file__).parent / "chat_templates"
-    for name in ("gemma4_v5.jinja", "gemma4_v4.jinja", "gemma4.jinja"):
-        if (folder / name).exists():
-            return (folder / name).read_text()
-    pytest.skip("the installed trl ships no Gemma 4 chat template")
 
 
 @pytest.fixture(scope="module")
