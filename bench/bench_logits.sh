@@ -12,7 +12,7 @@ ids=$(seq -s, 1 128)
 for dtype in f32 bf16; do
   times=()
   for run in 0 1 2 3 4 5; do
-    line=$($bin logits --model "$work/model" --ids "$ids" --out "$work/logits.bin" --dtype "$dtype" 2>&1 >/dev/null)
+    line=$($bin logits --model "$work/model" --ids "$ids" --out "$work/logits.bin" --overwrite --dtype "$dtype" 2>&1 >/dev/null)
     ms=$(sed -E 's/.*forward ([0-9.]+) ms.*/\1/' <<<"$line")
     [ "$run" = 0 ] || times+=("$ms")
   done

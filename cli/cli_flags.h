@@ -12,6 +12,8 @@
 
 #include <torch/torch.h>
 
+#include "io/atomic_output.h"
+
 namespace gemma {
 
 // One flag of a command. `value` names its value in help ("DIR", "N", "FILE|NAME"); lower-case
@@ -34,6 +36,10 @@ class CliFlags {
   const std::string& command() const { return command_; }
   // Given on the command line (defaults do not count).
   bool has(const std::string& name) const { return values_.count(name) != 0; }
+  // What a file output does when its path exists: replaced (atomically) only with --overwrite.
+  ExistingOutput existing_output() const {
+    return has("overwrite") ? ExistingOutput::kReplace : ExistingOutput::kRefuse;
+  }
   std::string required(const std::string& name) const;
   std::optional<std::string> optional(const std::string& name) const;
   // The given value, else the table's default ("" when it has none).

@@ -28,6 +28,9 @@ namespace {
 FlagSpec model_flag() {
   return {"model", "DIR", "", "model folder (config.json + safetensors)", true};
 }
+FlagSpec overwrite_flag() {
+  return {"overwrite", "", "", "replace the output file if it exists (still atomically)"};
+}
 FlagSpec adapter_flag() {
   return {"adapter", "DIR", "", "attach a PEFT LoRA/DoRA adapter folder to the base model"};
 }
@@ -76,13 +79,15 @@ std::vector<CommandSpec> make_table() {
         {"max-length", "N", "1024", "with --data: rows longer than this many tokens are reported"},
         {"dump", "FILE", "",
          "also write the tokenized examples (input_ids, masks) as JSONL, as the trainer sees "
-         "them"}},
+         "them"},
+        overwrite_flag()},
        run_validate_data_command},
       {"plot",
        "draw train/eval loss and learning rate against step (SVG) from a run's metrics.jsonl",
        "",
        {{"metrics", "FILE", "", "a metrics.jsonl (the first argument may name it)", true},
-        {"out", "FILE", "", "the SVG to write", true}},
+        {"out", "FILE", "", "the SVG to write", true},
+        overwrite_flag()},
        run_plot_command,
        "metrics"},
       {"init",
@@ -107,6 +112,7 @@ std::vector<CommandSpec> make_table() {
        {model_flag(),
         {"ids", "ID,ID,...", "", "token ids, comma-separated", true},
         {"out", "FILE", "", "output file", true},
+        overwrite_flag(),
         adapter_flag(),
         load_in_4bit_flag(),
         compute_dtype_flag(),
@@ -162,7 +168,8 @@ std::vector<CommandSpec> make_table() {
                {"messages", "FILE.json", "", "OpenAI/TRL-style messages (or {messages, tools})"},
                {"input", "FILE.jsonl", "", "batch mode: one {prompt} or {messages} per line"},
                {"output", "FILE.jsonl", "", "batch mode: where completions go"},
-               {"batch-size", "N", "8", "batch mode: prompts per left-padded batch"}},
+               {"batch-size", "N", "8", "batch mode: prompts per left-padded batch"},
+               overwrite_flag()},
               sampling_flags(),
               std::vector<FlagSpec>{{"raw", "", "", "no chat template: <bos> + the plain text"},
                                     {"ids", "", "", "print token ids instead of text"},
@@ -253,8 +260,12 @@ void check_outputs_before_work(const CommandSpec& command, const CliFlags& flags
     if (f.value == "DIR") {
       check_output_folder(path);
     } else {
+      // Replaced only where the command has --overwrite and it is given.
       const bool must_not_exist = f.help.find("must not exist") != std::string::npos;
       check_output_file(path, must_not_exist ? ExistingOutput::kRefuse : ExistingOutput::kReplace);
+      std::error_code ec;
+      if (!must_not_exist && !flags.has("overwrite") && std::filesystem::exists(path, ec))
+        throw InputError(path + ": already exists; give --overwrite to replace it");
     }
   }
 }

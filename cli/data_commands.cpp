@@ -176,7 +176,7 @@ int run_validate_data_command(const CliFlags& flags) {
     }
   }
   if (dump) {
-    AtomicFileWriter out(*dump);
+    AtomicFileWriter out(*dump, flags.existing_output());
     for (const SftExample& e : dumped) {
       const std::string line = sft_example_json(e) + "\n";
       out.write(line.data(), line.size());

@@ -6,6 +6,8 @@
 #include <optional>
 
 #include "cli/cli_flags.h"
+#include "data/chat_template.h"
+#include "data/tokenizer.h"
 #include "export/gguf_gemma4.h"
 #include "io/input_error.h"
 #include "peft/merged_checkpoint.h"
@@ -29,6 +31,20 @@ int run_export_command(const CliFlags& flags) {
   }
   std::optional<fs::path> adapter;
   if (const auto a = flags.optional("adapter")) adapter = fs::path(*a);
+  // The tokenizer files a GGUF carries, checked before any weights are read: tokenizer.json as
+  // `tokenize` loads it, and the chat template llama.cpp will render.
+  if (fs::exists(model_dir / "tokenizer.json"))
+    Tokenizer::from_hf_json(model_dir / "tokenizer.json");
+  const Gemma4GgufVocab vocab = read_gemma4_gguf_vocab(model_dir);
+  if (vocab.chat_template) {
+    check_chat_template_text(*vocab.chat_template,
+                             model_dir.string() + ": tokenizer chat template");
+    const ChatTemplateInspection inspection = inspect_chat_template(*vocab.chat_template);
+    if (!inspection.recognized)
+      std::cerr << "gemma-train: note: " << model_dir.string()
+                << ": the chat template copied into the GGUF does not look like Gemma 4's; "
+                   "llama.cpp will render conversations with it as it is\n";
+  }
 
   const MergedCheckpoint checkpoint(model_dir, adapter);
   const Gemma4GgufExport report = export_gemma4_gguf(checkpoint, out, out_type);

@@ -9,8 +9,10 @@
 
 #include "cli/cli_flags.h"
 #include "data/chat_template.h"
+#include "data/jsonl_reader.h"
 #include "data/tokenizer.h"
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/file_identity.h"
 #include "io/input_error.h"
 #include "model/gemma4_hf_checkpoint.h"
@@ -74,9 +76,37 @@ TextModel load_text_model(const CliFlags& flags) {
 
 std::vector<int64_t> to_int64(const std::vector<int>& ids) { return {ids.begin(), ids.end()}; }
 
+void check_context(const TextModel& m, size_t prompt_tokens, const std::string& what) {
+  const int64_t context = m.loaded.config.max_position_embeddings;
+  if (static_cast<int64_t>(prompt_tokens) >= context) {
+    throw InputError(what + ": " + std::to_string(prompt_tokens) +
+                     " tokens, longer than the model's context of " + std::to_string(context));
+  }
+}
+
+size_t rendered_bytes(const std::vector<ChatSegment>& segments) {
+  size_t n = 0;
+  for (const ChatSegment& s : segments) n += s.text.size();
+  return n;
+}
+
+// Before tokenizing: a text of `bytes` bytes is at least bytes / max_piece_bytes tokens, so a
+// text that cannot fit the context is refused without tokenizing all of it.
+void check_text_fits_context(const TextModel& m, size_t bytes, const std::string& what) {
+  const int64_t context = m.loaded.config.max_position_embeddings;
+  const size_t at_least = bytes / m.tokenizer.max_piece_bytes();
+  if (at_least >= static_cast<size_t>(context)) {
+    throw InputError(what + ": " + std::to_string(bytes) + " bytes, at least " +
+                     std::to_string(at_least) + " tokens, longer than the model's context of " +
+                     std::to_string(context));
+  }
+}
+
 // Prompt ids: the chat template around a user prompt, or with --raw `<bos>` + the plain text.
+// `what` names the prompt in errors.
 std::vector<int64_t> prompt_ids(const TextModel& m, const std::string& prompt, bool raw,
-                                bool thinking) {
+                                bool thinking, const std::string& what) {
+  check_text_fits_context(m, prompt.size(), what);
   if (raw) {
     std::vector<int64_t> ids = {m.tokenizer.require_special("<bos>")};
     for (int id : m.tokenizer.encode(prompt)) ids.push_back(id);
@@ -91,11 +121,14 @@ std::vector<int64_t> prompt_ids(const TextModel& m, const std::string& prompt, b
   return to_int64(tokenize_chat(render_chat({user}, options), m.tokenizer).ids);
 }
 
-std::vector<int64_t> messages_ids(const TextModel& m, const ChatRequest& request, bool thinking) {
+std::vector<int64_t> messages_ids(const TextModel& m, const ChatRequest& request, bool thinking,
+                                  const std::string& what) {
   ChatOptions options = request.options;
   options.empty_thought_channel = m.chat.empty_thought_channel;
   options.enable_thinking = options.enable_thinking || thinking;
-  return to_int64(tokenize_chat(render_chat(request.messages, options), m.tokenizer).ids);
+  const std::vector<ChatSegment> segments = render_chat(request.messages, options);
+  check_text_fits_context(m, rendered_bytes(segments), what);
+  return to_int64(tokenize_chat(segments, m.tokenizer).ids);
 }
 
 // Prints text as tokens arrive, holding back an incomplete UTF-8 character.
@@ -120,14 +153,6 @@ class TextStream {
   std::vector<int> ids_;
   size_t printed_ = 0;
 };
-
-void check_context(const TextModel& m, size_t prompt_tokens, const std::string& what) {
-  const int64_t context = m.loaded.config.max_position_embeddings;
-  if (static_cast<int64_t>(prompt_tokens) >= context) {
-    throw InputError(what + ": " + std::to_string(prompt_tokens) +
-                     " tokens, longer than the model's context of " + std::to_string(context));
-  }
-}
 
 GenerationOptions generation_options(const CliFlags& flags, const TextModel& m) {
   GenerationOptions g;
@@ -166,30 +191,23 @@ int run_batched(const CliFlags& flags, TextModel& m, const GenerationOptions& g)
   const fs::path input = flags.required("input");
   const fs::path output = flags.required("output");
   const bool raw = flags.has("raw");
-  std::error_code ec;
-  if (fs::exists(input, ec) && !fs::is_regular_file(input, ec))
-    throw InputError(input.string() + ": not a regular file");
-  std::ifstream in(input);
-  if (!in) throw InputError(input.string() + ": cannot open");
-  note_input_file(input);
+  // Bounded lines, UTF-8 and JSON checked, nesting limited; a bad line stops the command.
+  JsonlReader reader(input);
   std::vector<std::vector<int64_t>> prompts;
-  std::string line;
-  for (int line_no = 1; std::getline(in, line); ++line_no) {
-    if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
-    const std::string at = input.string() + ":" + std::to_string(line_no);
-    json j;
-    try {
-      j = json::parse(line);
-    } catch (const json::exception& e) {
-      throw InputError(at + ": not valid JSON: " + e.what());
-    }
+  JsonlRow row;
+  while (reader.next(&row)) {
+    const std::string& at = row.where;
+    const json& j = row.value;
+    if (j.is_object() && j.contains("prompt") && j.contains("messages"))
+      throw InputError(at + ": both \"prompt\" and \"messages\": give one of them");
     if (j.is_object() && j.contains("prompt") && j["prompt"].is_string()) {
-      prompts.push_back(prompt_ids(m, j["prompt"].get<std::string>(), raw, flags.has("thinking")));
+      prompts.push_back(
+          prompt_ids(m, j["prompt"].get<std::string>(), raw, flags.has("thinking"), at));
     } else if (j.is_object() && j.contains("messages")) {
       ChatRequest request;
       request.messages = parse_chat_messages(j["messages"], at);
       request.options.add_generation_prompt = true;
-      prompts.push_back(messages_ids(m, request, flags.has("thinking")));
+      prompts.push_back(messages_ids(m, request, flags.has("thinking"), at));
     } else {
       throw InputError(at + ": expected {\"prompt\": \"...\"} or {\"messages\": [...]}");
     }
@@ -218,7 +236,7 @@ int run_batched(const CliFlags& flags, TextModel& m, const GenerationOptions& g)
     total.decode_tokens += r.decode_tokens * static_cast<int64_t>(chunk.size());
     total.decode_seconds += r.decode_seconds;
   }
-  write_file_atomically(output, out_text);
+  write_file_atomically(output, out_text, flags.existing_output());
   std::fprintf(stderr, "wrote %zu completions to %s", prompts.size(), output.c_str());
   report_speed(total);
   return 0;
@@ -238,13 +256,15 @@ int run_generate_command(const CliFlags& flags) {
 
   std::vector<int64_t> prompt;
   if (flags.has("prompt")) {
-    prompt = prompt_ids(m, flags.required("prompt"), flags.has("raw"), flags.has("thinking"));
+    prompt = prompt_ids(m, flags.required("prompt"), flags.has("raw"), flags.has("thinking"),
+                        "--prompt");
   } else {
     const std::string path = flags.required("messages");
-    ChatRequest request = parse_chat_request(read_text_file(path), path);
-    if (!json::parse(read_text_file(path)).contains("add_generation_prompt"))
+    const std::string text = read_text_file(path, kMaxJsonlLineBytes);
+    ChatRequest request = parse_chat_request(text, path);
+    if (!parse_json_input(text, path).contains("add_generation_prompt"))
       request.options.add_generation_prompt = true;
-    prompt = messages_ids(m, request, flags.has("thinking"));
+    prompt = messages_ids(m, request, flags.has("thinking"), path);
   }
   check_context(m, prompt.size(), "prompt");
   g.max_new_tokens = std::min<int64_t>(g.max_new_tokens, m.loaded.config.max_position_embeddings -
@@ -290,8 +310,9 @@ int run_chat_command(const CliFlags& flags) {
     ChatOptions options = m.chat;
     options.add_generation_prompt = true;
     options.enable_thinking = flags.has("thinking");
-    const std::vector<int64_t> ids =
-        to_int64(tokenize_chat(render_chat(history, options), m.tokenizer).ids);
+    const std::vector<ChatSegment> segments = render_chat(history, options);
+    check_text_fits_context(m, rendered_bytes(segments), "conversation");
+    const std::vector<int64_t> ids = to_int64(tokenize_chat(segments, m.tokenizer).ids);
     check_context(m, ids.size(), "conversation");
     // Reuse the cache when the new rendering extends what it holds; otherwise start again.
     if (fed.size() > ids.size() || !std::equal(fed.begin(), fed.end(), ids.begin())) {
@@ -325,7 +346,7 @@ int run_tokenize_command(const CliFlags& flags) {
     for (int id : tokenizer.encode(flags.required("text"))) ids.push_back(id);
   } else {
     const std::string path = flags.required("messages");
-    ChatRequest request = parse_chat_request(read_text_file(path), path);
+    ChatRequest request = parse_chat_request(read_text_file(path, kMaxJsonlLineBytes), path);
     request.options.empty_thought_channel =
         template_options(flags.required("model")).empty_thought_channel;
     ids = tokenize_chat(render_chat(request.messages, request.options), tokenizer).ids;

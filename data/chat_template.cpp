@@ -4,6 +4,8 @@
 #include <cctype>
 #include <set>
 
+#include "data/jsonl_reader.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -569,8 +571,36 @@ ChatTokens tokenize_chat(const std::vector<ChatSegment>& segments, const Tokeniz
   return out;
 }
 
+namespace {
+
+// A list of content parts: each {"type": "text", "text": "..."} or a multimodal placeholder part
+// ({"type": "image", ...}); anything else would render as nothing, so it is refused.
+void check_content_parts(const json& parts, const std::string& at) {
+  static const std::set<std::string> kPlaceholders = {"image", "image_url", "audio", "input_audio",
+                                                      "video"};
+  for (size_t p = 0; p < parts.size(); ++p) {
+    const json& part = parts[p];
+    const std::string where = at + ": content[" + std::to_string(p) + "]";
+    if (!part.is_object())
+      throw InputError(where + " is not an object (expected {\"type\": \"text\", \"text\": ...})");
+    const json& type = field(part, "type");
+    if (!type.is_string()) throw InputError(where + " has no string \"type\"");
+    const std::string& name = type.get_ref<const std::string&>();
+    if (name == "text") {
+      if (!field(part, "text").is_string())
+        throw InputError(where + ": a \"text\" part needs a string \"text\"");
+    } else if (!kPlaceholders.count(name)) {
+      throw InputError(where + ": unknown part type \"" + error_excerpt(name) +
+                       "\" (expected text, image, image_url, audio, input_audio or video)");
+    }
+  }
+}
+
+}  // namespace
+
 std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string& where) {
   if (!list.is_array()) throw InputError(where + ": messages must be a list");
+  if (list.empty()) throw InputError(where + ": no messages (the list is empty)");
   static const std::set<std::string> kRoles = {"system",    "developer", "user",
                                                "assistant", "model",     "tool"};
   std::vector<ChatMessage> out;
@@ -583,7 +613,7 @@ std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string
     ChatMessage msg;
     msg.role = m["role"].get<std::string>();
     if (!kRoles.count(msg.role)) {
-      throw InputError(at + ": unknown role \"" + msg.role +
+      throw InputError(at + ": unknown role \"" + error_excerpt(msg.role) +
                        "\" (expected system, developer, user, assistant or tool)");
     }
     if (msg.role == "model") msg.role = "assistant";
@@ -595,6 +625,7 @@ std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string
         msg.role != "tool") {
       throw InputError(at + ": content must be a string or a list of parts");
     }
+    if (msg.content.is_array()) check_content_parts(msg.content, at);
     for (const char* key : {"reasoning", "reasoning_content", "thinking"}) {
       if (m.contains(key) && m[key].is_string()) msg.reasoning = m[key].get<std::string>();
     }
@@ -613,14 +644,15 @@ std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string
         call.arguments = field(f, "arguments");
         if (call.arguments.is_string()) {  // OpenAI sends arguments as JSON text
           try {
-            call.arguments = json::parse(call.arguments.get<std::string>());
+            call.arguments = parse_bounded_json(call.arguments.get<std::string>(), at);
           } catch (const json::exception&) {
-            throw InputError(at + ": tool call \"" + call.name +
+            throw InputError(at + ": tool call \"" + error_excerpt(call.name) +
                              "\" has arguments that are not JSON");
           }
         }
         if (!call.arguments.is_null() && !call.arguments.is_object()) {
-          throw InputError(at + ": tool call \"" + call.name + "\" arguments must be an object");
+          throw InputError(at + ": tool call \"" + error_excerpt(call.name) +
+                           "\" arguments must be an object");
         }
         msg.tool_calls.push_back(std::move(call));
       }
@@ -640,12 +672,7 @@ std::vector<ChatMessage> parse_chat_messages(const json& list, const std::string
 }
 
 ChatRequest parse_chat_request(const std::string& json_text, const std::string& where) {
-  json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw InputError(where + ": not valid JSON: " + e.what());
-  }
+  const json root = parse_json_input(json_text, where);
   ChatRequest request;
   if (root.is_array()) {
     request.messages = parse_chat_messages(root, where);
@@ -698,6 +725,37 @@ ChatTemplateInspection inspect_chat_template(const std::string& jinja_text) {
         "is off";
   }
   return out;
+}
+
+void check_chat_template_text(const std::string& jinja_text, const std::string& where) {
+  if (jinja_text.empty()) throw InputError(where + ": the chat template is empty");
+  const size_t bad = find_invalid_utf8(jinja_text);
+  if (bad != std::string::npos)
+    throw InputError(where + ": the chat template is not valid UTF-8 at byte " +
+                     std::to_string(bad + 1));
+  const size_t nul = jinja_text.find('\0');
+  if (nul != std::string::npos)
+    throw InputError(where + ": the chat template has a NUL byte at byte " +
+                     std::to_string(nul + 1));
+  // Jinja's delimiters: outside a tag, "{{", "{%" and "{#" open one; inside, only its own closer
+  // ends it (a "{{" inside a string of a tag is still inside the tag).
+  size_t i = 0;
+  while (true) {
+    const size_t open = jinja_text.find('{', i);
+    if (open == std::string::npos || open + 1 >= jinja_text.size()) return;
+    const char kind = jinja_text[open + 1];
+    const char* closer = kind == '{' ? "}}" : kind == '%' ? "%}" : kind == '#' ? "#}" : nullptr;
+    if (closer == nullptr) {
+      i = open + 1;
+      continue;
+    }
+    const size_t close = jinja_text.find(closer, open + 2);
+    if (close == std::string::npos) {
+      throw InputError(where + ": the chat template opens \"{" + std::string(1, kind) +
+                       "\" at byte " + std::to_string(open + 1) + " and never closes it");
+    }
+    i = close + 2;
+  }
 }
 
 }  // namespace gemma

@@ -3,6 +3,8 @@
 #include <array>
 #include <utility>
 
+#include "io/bounded_json.h"
+
 namespace gemma {
 namespace {
 
@@ -169,7 +171,11 @@ void parse_template_columns(const json& row, const std::string& where, DatasetRo
     json tools = row["tools"];
     if (tools.is_string()) {  // TRL: json.loads when the column holds JSON text
       try {
-        tools = json::parse(tools.get<std::string>());
+        tools = parse_bounded_json(tools.get<std::string>(), where + ": \"tools\"");
+      } catch (const RowError&) {
+        throw;
+      } catch (const InputError& e) {  // nested too deep
+        throw RowError(RowProblem::kMistypedField, e.what());
       } catch (const json::exception&) {
         throw RowError(RowProblem::kMistypedField,
                        where +
@@ -264,6 +270,15 @@ DatasetRow parse_dataset_row(const json& row, DatasetKind kind, const std::strin
   if (!row.is_object()) {
     throw RowError(RowProblem::kNotAnObject,
                    where + ": expected a JSON object (one row), found " + found_text(row));
+  }
+  // TRL reads "prompt" first and "messages" otherwise, and fails on a row with a prompt but no
+  // completion; a row with both is refused here rather than read as either.
+  const char* conversation = row.contains("messages") ? "messages" : "conversations";
+  if (row.contains("prompt") && row.contains(conversation)) {
+    throw RowError(RowProblem::kAmbiguousColumns,
+                   where + ": both \"prompt\" and \"" + conversation +
+                       "\" (a row is a conversation in \"" + conversation +
+                       "\" or a \"prompt\" with its continuation, not both)");
   }
   DatasetRow out;
   out.kind = kind;

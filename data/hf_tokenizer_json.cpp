@@ -4,6 +4,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -42,11 +43,7 @@ bool is_gemma_normalizer(const json& n) {
 SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_text,
                                                        const std::string& where) {
   json root;
-  try {
-    root = json::parse(json_text);
-  } catch (const json::exception& e) {
-    throw InputError(where + ": not valid JSON: " + e.what());
-  }
+  root = parse_json_input(json_text, where);
   if (!root.is_object() || !root.contains("model") || !root["model"].is_object()) {
     throw InputError(where + ": expected an object with a \"model\" object");
   }

@@ -2,6 +2,7 @@
 
 #include <array>
 
+#include "io/bounded_json.h"
 #include "io/file_identity.h"
 
 namespace gemma {
@@ -18,6 +19,8 @@ const char* row_problem_name(RowProblem problem) {
       return "not a JSON object";
     case RowProblem::kUnknownColumns:
       return "columns of no SFT shape";
+    case RowProblem::kAmbiguousColumns:
+      return "ambiguous columns";
     case RowProblem::kMissingField:
       return "missing field";
     case RowProblem::kMistypedField:
@@ -165,18 +168,20 @@ size_t find_invalid_utf8(const std::string& text) {
 
 nlohmann::json parse_json_row(const std::string& text, const std::string& where) {
   try {
+    check_json_depth(text, where);
+  } catch (const InputError& e) {
+    throw RowError(RowProblem::kInvalidJson, e.what());
+  }
+  try {
     return nlohmann::json::parse(text);
   } catch (const nlohmann::json::parse_error& e) {
     // nlohmann's message: "[json.exception.parse_error.101] parse error at line 1, column 7: ..."
-    std::string detail = e.what();
+    std::string detail = json_error_detail(e);
     const size_t column = detail.find("column ");
     if (column != std::string::npos) detail = detail.substr(column);
     throw RowError(RowProblem::kInvalidJson, where + ": invalid JSON at " + detail);
   } catch (const nlohmann::json::exception& e) {  // e.g. a number too large for a double
-    std::string detail = e.what();
-    const size_t end = detail.find("] ");
-    if (end != std::string::npos) detail = detail.substr(end + 2);
-    throw RowError(RowProblem::kInvalidJson, where + ": invalid JSON: " + detail);
+    throw RowError(RowProblem::kInvalidJson, where + ": invalid JSON: " + json_error_detail(e));
   }
 }
 

@@ -21,7 +21,8 @@ enum class RowProblem {
   kInvalidUtf8,
   kInvalidJson,
   kNotAnObject,
-  kUnknownColumns,  // no column names a dataset shape (detection) or a shape of another trainer
+  kUnknownColumns,    // no column names a dataset shape (detection) or a shape of another trainer
+  kAmbiguousColumns,  // columns of two shapes: "prompt" beside "messages"
   kMissingField,
   kMistypedField,
   kUnknownRole,

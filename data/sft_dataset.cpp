@@ -9,6 +9,7 @@
 #include "data/dataset_rows.h"
 #include "data/jsonl_reader.h"
 #include "data/sft_tokenization.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -42,11 +43,7 @@ void read_tokenizer_settings(const std::filesystem::path& model_dir, SftDataOpti
   std::string template_text;
   if (std::filesystem::exists(config)) {
     json root;
-    try {
-      root = json::parse(read_text_file(config));
-    } catch (const json::exception& e) {
-      throw InputError(config.string() + ": not valid JSON: " + e.what());
-    }
+    root = parse_json_input(read_text_file(config), config.string());
     const json eos = root.is_object() ? root.value("eos_token", json()) : json();
     if (eos.is_string()) {
       options->eos_token = eos.get<std::string>();

@@ -2,6 +2,7 @@
 
 #include <sentencepiece_processor.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -25,7 +26,10 @@ std::shared_ptr<sentencepiece::SentencePieceProcessor> load_proto(const std::str
 }  // namespace
 
 Tokenizer::Tokenizer(std::shared_ptr<sentencepiece::SentencePieceProcessor> sp, std::string source)
-    : sp_(std::move(sp)), source_(std::move(source)) {}
+    : sp_(std::move(sp)), source_(std::move(source)) {
+  for (int id = 0; id < sp_->GetPieceSize(); ++id)
+    max_piece_bytes_ = std::max(max_piece_bytes_, sp_->IdToPiece(id).size());
+}
 
 Tokenizer Tokenizer::from_folder(const fs::path& dir) {
   if (fs::exists(dir / "tokenizer.json")) return from_hf_json(dir / "tokenizer.json");

@@ -36,6 +36,10 @@ class Tokenizer {
   std::string decode(const std::vector<int>& ids) const;
 
   int vocab_size() const;
+  // The longest piece of the vocabulary, in bytes: no token covers more of an input, so a text of
+  // n bytes is at least n / max_piece_bytes() tokens (a bound checked before tokenizing a huge
+  // input against a context).
+  size_t max_piece_bytes() const { return max_piece_bytes_; }
   std::string piece(int id) const;
   bool is_control(int id) const;
   // The id of a special token by its string, if this vocabulary has it.
@@ -48,6 +52,7 @@ class Tokenizer {
   Tokenizer(std::shared_ptr<sentencepiece::SentencePieceProcessor> sp, std::string source);
   std::shared_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::string source_;
+  size_t max_piece_bytes_ = 1;
 };
 
 }  // namespace gemma

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 #include "io/string_match.h"
 #include "model/gemma4_hf_checkpoint.h"
@@ -103,11 +104,7 @@ bool is_byte_token(const std::string& t) {
 
 std::optional<json> read_optional_json(const fs::path& path) {
   if (!fs::exists(path)) return std::nullopt;
-  try {
-    return json::parse(read_text_file(path));
-  } catch (const json::exception& e) {
-    throw InputError(path.string() + ": not valid JSON: " + e.what());
-  }
+  return parse_json_input(read_text_file(path), path.string());
 }
 
 // A tokenizer_config.json token entry: "text" or {"content": "text", ...}.

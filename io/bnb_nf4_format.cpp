@@ -1,4 +1,5 @@
 #include "io/bnb_nf4_format.h"
+#include "io/bounded_json.h"
 
 #include <sstream>
 
@@ -87,9 +88,9 @@ Nf4Weight read_bnb_nf4(const HfCheckpointReader& reader, const std::string& weig
   const std::string text(static_cast<const char*>(state_bytes.data_ptr()), state_bytes.numel());
   json state;
   try {
-    state = json::parse(text);
+    state = parse_bounded_json(text, at + ": quant_state");
   } catch (const json::exception& e) {
-    throw InputError(at + ": quant_state is not valid JSON: " + e.what());
+    throw InputError(at + ": quant_state is not valid JSON: " + json_error_detail(e));
   }
   if (!state.is_object() || state.value("quant_type", "") != "nf4") {
     throw InputError(at + ": quant_state quant_type is not \"nf4\"");

@@ -1,4 +1,5 @@
 #include "io/hf_checkpoint.h"
+#include "io/bounded_json.h"
 
 #include <cstdio>
 #include <fstream>
@@ -21,11 +22,7 @@ HfCheckpointReader::HfCheckpointReader(const fs::path& dir) {
     sharded_ = true;
     const std::string where = index_path.string();
     json index;
-    try {
-      index = json::parse(read_text_file(index_path));
-    } catch (const json::exception& e) {
-      throw InputError(where + ": not valid JSON: " + e.what());
-    }
+    index = parse_json_input(read_text_file(index_path), where);
     if (!index.is_object() || !index.contains("weight_map") || !index["weight_map"].is_object()) {
       throw InputError(where + ": expected an object with a \"weight_map\" object");
     }

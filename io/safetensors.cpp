@@ -1,4 +1,5 @@
 #include "io/safetensors.h"
+#include "io/bounded_json.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -97,9 +98,10 @@ SafetensorsFile::SafetensorsFile(const fs::path& path) : path_(path) {
 
   json header;
   try {
-    header = json::parse(bytes + 8, bytes + 8 + header_len);
+    header = parse_bounded_json(
+        std::string_view(reinterpret_cast<const char*>(bytes) + 8, header_len), where + ": header");
   } catch (const json::exception& e) {
-    throw InputError(where + ": header is not valid JSON: " + e.what());
+    throw InputError(where + ": header is not valid JSON: " + json_error_detail(e));
   }
   if (!header.is_object()) throw InputError(where + ": header is not a JSON object");
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -30,11 +31,7 @@ std::optional<std::vector<int64_t>> read_generation_stop_ids(
   const auto path = model_dir / "generation_config.json";
   if (!std::filesystem::exists(path)) return std::nullopt;
   nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(read_text_file(path));
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(path.string() + ": not valid JSON: " + e.what());
-  }
+  j = parse_json_input(read_text_file(path), path.string());
   if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null())
     return std::nullopt;
   const auto& eos = j["eos_token_id"];

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -39,12 +40,9 @@ std::optional<double> read_number(const json& line, const char* key, const std::
 MetricsPoint parse_line(const std::string& text, const std::string& where) {
   json line;
   try {
-    line = json::parse(text);
+    line = parse_bounded_json(text, where);
   } catch (const json::parse_error& e) {
-    std::string why = e.what();
-    const size_t bracket = why.find("] ");  // drop nlohmann's "[json.exception.parse_error.101]"
-    if (bracket != std::string::npos) why.erase(0, bracket + 2);
-    throw InputError(where + ": not valid JSON: " + why);
+    throw InputError(where + ": not valid JSON: " + json_error_detail(e));
   }
   if (!line.is_object()) {
     throw InputError(where + ": expected a JSON object (one logged step), found " +
@@ -333,22 +331,22 @@ std::string render_metrics_svg(const std::vector<MetricsPoint>& points, const st
 }
 
 void write_metrics_svg(const std::vector<MetricsPoint>& points, const fs::path& svg_out,
-                       const std::string& title) {
+                       const std::string& title, ExistingOutput existing) {
   std::error_code ec;
   if (fs::is_symlink(fs::symlink_status(svg_out, ec))) {
     throw InputError(svg_out.string() + ": is a symlink; refusing to replace it");
   }
-  write_file_atomically(svg_out, render_metrics_svg(points, title));
+  write_file_atomically(svg_out, render_metrics_svg(points, title), existing);
 }
 
 void write_metrics_plot(const fs::path& metrics_jsonl, const fs::path& svg_out,
-                        const std::string& title) {
+                        const std::string& title, ExistingOutput existing) {
   std::error_code ec;
   if (fs::exists(svg_out, ec) && fs::equivalent(svg_out, metrics_jsonl, ec)) {
     throw InputError(svg_out.string() + ": is the input " + metrics_jsonl.string() +
                      "; choose another --out");
   }
-  write_metrics_svg(read_metrics_jsonl(metrics_jsonl), svg_out, title);
+  write_metrics_svg(read_metrics_jsonl(metrics_jsonl), svg_out, title, existing);
 }
 
 }  // namespace gemma

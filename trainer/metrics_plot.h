@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "io/atomic_output.h"
+
 namespace gemma {
 
 // One logged line of metrics.jsonl (TRL's log keys); a key the line lacks is empty.
@@ -28,12 +30,16 @@ std::vector<MetricsPoint> read_metrics_jsonl(const std::filesystem::path& metric
 // The SVG text. InputError when no point has a loss or an eval_loss (nothing to draw).
 std::string render_metrics_svg(const std::vector<MetricsPoint>& points, const std::string& title);
 
-// render_metrics_svg, written atomically to `svg_out`; a symlink there is refused (InputError).
+// render_metrics_svg, written atomically to `svg_out`; a symlink there is refused (InputError),
+// and an existing file is replaced only with ExistingOutput::kReplace (the trainer's own
+// loss.svg, `plot --overwrite`).
 void write_metrics_svg(const std::vector<MetricsPoint>& points,
-                       const std::filesystem::path& svg_out, const std::string& title);
+                       const std::filesystem::path& svg_out, const std::string& title,
+                       ExistingOutput existing = ExistingOutput::kReplace);
 
 // read_metrics_jsonl + write_metrics_svg; refuses an `svg_out` that is the input file itself.
 void write_metrics_plot(const std::filesystem::path& metrics_jsonl,
-                        const std::filesystem::path& svg_out, const std::string& title);
+                        const std::filesystem::path& svg_out, const std::string& title,
+                        ExistingOutput existing = ExistingOutput::kRefuse);
 
 }  // namespace gemma

@@ -7,6 +7,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 #include "io/safetensors.h"
 #include "model/gemma4_hf_checkpoint.h"
@@ -109,7 +110,7 @@ TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM
     throw InputError(dir.string() + ": not a training checkpoint (no " + kStateFile + ")");
   TrainingProgress p;
   try {
-    const json state = json::parse(read_text_file(state_path));
+    const json state = parse_bounded_json(read_text_file(state_path), state_path.string());
     const json& g = state.at("progress");
     p.global_step = g.at("global_step").get<int64_t>();
     p.epoch = g.at("epoch_index").get<int64_t>();

@@ -187,6 +187,72 @@ TEST(ChatTemplate, BadMessagesAreClearErrors) {
   EXPECT_NE(parse_error("[1,").find("not valid JSON"), std::string::npos);
 }
 
+TEST(ChatTemplate, RefusesContentPartsThatWouldRenderAsNothing) {
+  const auto error = [](const std::string& content) {
+    try {
+      messages(("[{\"role\": \"user\", \"content\": " + content + "}]").c_str());
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error("[1]").find("test: messages[0]: content[0] is not an object"), std::string::npos);
+  EXPECT_NE(error(R"([{"text": "a"}])").find("content[0] has no string \"type\""),
+            std::string::npos);
+  EXPECT_NE(error(R"([{"type": "text", "text": 3}])").find("needs a string \"text\""),
+            std::string::npos);
+  EXPECT_NE(error(R"([{"type": "text"}])").find("needs a string \"text\""), std::string::npos);
+  const std::string unknown = error(R"([{"type": "text", "text": "a"}, {"type": "file"}])");
+  EXPECT_NE(unknown.find("content[1]: unknown part type \"file\""), std::string::npos) << unknown;
+  // Valid parts still render: text and a placeholder.
+  EXPECT_EQ(error(R"([{"type": "text", "text": "a"}, {"type": "image"}])"), "");
+  // A long unknown type is quoted as a short excerpt.
+  EXPECT_LT(error("[{\"type\": \"" + std::string(5000, 'z') + "\"}]").size(), 300U);
+  EXPECT_EQ(error("[]"), "");  // an empty list of parts is empty content
+  EXPECT_THROW(parse_chat_messages(json::array(), "t"), InputError);
+}
+
+TEST(ChatTemplate, DeepToolArgumentsAreRefusedNotRecursedInto) {
+  std::string deep;
+  for (int i = 0; i < 20000; ++i) deep += "{\"a\":";
+  deep += "1";
+  for (int i = 0; i < 20000; ++i) deep += "}";
+  const std::string text = R"([{"role": "user", "content": "x"}, {"role": "assistant", )"
+                           R"("tool_calls": [{"function": {"name": "f", "arguments": )" +
+                           deep + "}}]}]";
+  try {
+    parse_chat_request(text, "deep.json");
+    FAIL() << "accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("deep.json: JSON nested deeper than 128 levels"),
+              std::string::npos)
+        << e.what();
+  }
+  // The same as a JSON string (OpenAI's form) is refused too.
+  const json as_string = json::array(
+      {{{"role", "user"}, {"content", "x"}},
+       {{"role", "assistant"},
+        {"tool_calls", json::array({{{"function", {{"name", "f"}, {"arguments", deep}}}}})}}});
+  EXPECT_THROW(parse_chat_messages(as_string, "s"), InputError);
+}
+
+TEST(ChatTemplate, ChecksTemplateTextBeforeExport) {
+  EXPECT_NO_THROW(check_chat_template_text("{{ bos_token }}{% if x %}a{% endif %}{# c #}", "t"));
+  const auto error = [](const std::string& text) {
+    try {
+      check_chat_template_text(text, "t");
+    } catch (const InputError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error("{{ bos_token }}{% if x a").find("opens \"{%\" at byte 16 and never closes"),
+            std::string::npos);
+  EXPECT_NE(error("").find("empty"), std::string::npos);
+  EXPECT_NE(error("a\xff").find("not valid UTF-8 at byte 2"), std::string::npos);
+  EXPECT_NE(error(std::string("a\0b", 3)).find("NUL"), std::string::npos);
+}
+
 TEST(ChatTemplate, InspectsCheckpointTemplates) {
   const auto plain = inspect_chat_template(
       "{{ bos_token }}{%- macro strip_thinking(t) -%}{%- endmacro -%}<|turn><turn|><|tool_call>");

@@ -157,6 +157,33 @@ TEST(SftRows, RowProblemsAreClassified) {
             RowProblem::kEmptyModelTurn);
   EXPECT_EQ(problem(R"({"prompt": "a"})"), RowProblem::kUnknownColumns);
   EXPECT_EQ(problem(R"({"prompt": "a", "completion": 1})"), RowProblem::kMistypedField);
+  // A prompt beside a conversation: TRL reads the prompt and then fails on the missing completion;
+  // here it is refused by name, with or without a completion.
+  EXPECT_EQ(problem(R"({"prompt": "a", "messages": [{"role": "user", "content": "a"}]})"),
+            RowProblem::kAmbiguousColumns);
+  EXPECT_EQ(problem(R"({"prompt": "a", "completion": "b", "conversations": []})"),
+            RowProblem::kAmbiguousColumns);
+  EXPECT_EQ(problem(R"({"messages": [{"role": "user", "content": [{"type": "txt"}]}]})"),
+            RowProblem::kMistypedField);
+}
+
+TEST(SftRows, DeepNestingIsAnInvalidJsonRow) {
+  std::string deep = "{\"text\": \"a\", \"extra\": " + std::string(50000, '[');
+  try {
+    parse_json_row(deep, "f:7");
+    FAIL() << "accepted";
+  } catch (const RowError& e) {
+    EXPECT_EQ(e.problem(), RowProblem::kInvalidJson);
+    EXPECT_NE(std::string(e.what()).find("f:7: JSON nested deeper than 128 levels"),
+              std::string::npos)
+        << e.what();
+  }
+  try {  // a parse error quotes a short excerpt, not the line
+    parse_json_row("{\"text\": " + std::string(100000, 'q') + "}", "f:8");
+    FAIL() << "accepted";
+  } catch (const RowError& e) {
+    EXPECT_LT(std::string(e.what()).size(), 300U) << e.what();
+  }
 }
 
 TEST(SftRows, BlankLinesCrlfAndUtf8) {

@@ -37,7 +37,8 @@ def run(binary, *args, check=True):
 
 def our_logits(binary, model_dir, ids, tmp_path, dtype="f32"):
     out = tmp_path / f"logits-{os.getpid()}-{len(ids)}.bin"
-    run(binary, "logits", "--model", model_dir, "--ids", ",".join(map(str, ids)), "--out", out, "--dtype", dtype)
+    run(binary, "logits", "--model", model_dir, "--ids", ",".join(map(str, ids)), "--out", out, "--dtype", dtype,
+        "--overwrite")
     data = np.fromfile(out, dtype="<f4")
     return data.reshape(len(ids), -1)
 

@@ -95,13 +95,13 @@ def our_dump(gemma_train, model_dir, rows, tmp_path, recipe_training=None):
     dump = tmp_path / "dump.jsonl"
     if recipe_training is None:
         proc = run(gemma_train, "validate-data", "--data", data, "--model", model_dir,
-                   "--max-length", MAX_LENGTH, "--dump", dump)
+                   "--max-length", MAX_LENGTH, "--dump", dump, "--overwrite")
     else:
         recipe = tmp_path / "recipe.yaml"
         training = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in recipe_training.items())
         recipe.write_text(f"model:\n  name_or_path: {model_dir}\ndata:\n  train_files: {data}\n"
                           f"training:\n  output_dir: {tmp_path / 'out'}\n{training}")
-        proc = run(gemma_train, "validate-data", "--recipe", recipe, "--dump", dump)
+        proc = run(gemma_train, "validate-data", "--recipe", recipe, "--dump", dump, "--overwrite")
     assert "0 bad" in proc.stdout, proc.stdout
     return [json.loads(line) for line in dump.read_text().splitlines()]
 
