@@ -15,7 +15,7 @@ std::vector<ChatMessage> messages(const char* text) {
   return parse_chat_messages(json::parse(text), "test");
 }
 
-std::string render(const char* msgs, ChatOptions options = {}) {
+std::string render(const char* msgs, const ChatOptions& options = {}) {
   return chat_text(render_chat(messages(msgs), options));
 }
 
