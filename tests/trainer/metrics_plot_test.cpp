@@ -171,7 +171,7 @@ TEST(MetricsPlot, RefusesToOverwriteItsInput) {
   EXPECT_EQ(read_text(path), kRun);
 }
 
-TEST(MetricsPlot, RefusesToReplaceASymlinkAndReplacesAPlainFile) {
+TEST(MetricsPlot, RefusesToReplaceASymlinkAndReplacesAPlainFileOnlyWhenAsked) {
   ScratchDir dir;
   write_text(dir / "metrics.jsonl", kRun);
   write_text(dir / "other.txt", "keep");
@@ -180,7 +180,11 @@ TEST(MetricsPlot, RefusesToReplaceASymlinkAndReplacesAPlainFile) {
                      {"symlink"});
   EXPECT_EQ(read_text(dir / "other.txt"), "keep");
   write_text(dir / "old.svg", "old");
-  write_metrics_plot(dir / "metrics.jsonl", dir / "old.svg", "t");
+  // An existing file is kept unless replacing is asked for (`plot --overwrite`).
+  expect_input_error([&] { write_metrics_plot(dir / "metrics.jsonl", dir / "old.svg", "t"); },
+                     {"already exists"});
+  EXPECT_EQ(read_text(dir / "old.svg"), "old");
+  write_metrics_plot(dir / "metrics.jsonl", dir / "old.svg", "t", ExistingOutput::kReplace);
   EXPECT_NE(read_text(dir / "old.svg").find("<svg"), std::string::npos);
 }
 
