@@ -2,17 +2,33 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cfloat>
+#include <cmath>
 #include <fstream>
+#include <initializer_list>
+#include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
 using json = nlohmann::json;
 
 namespace {
+
+// `v` as an int64 when it is a JSON integer that fits one (nlohmann stores 2^63 and above as
+// unsigned, which get<int64_t>() would wrap to a negative number).
+bool json_int64(const json& v, int64_t* out) {
+  if (!v.is_number_integer()) return false;
+  if (v.is_number_unsigned() &&
+      v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    return false;
+  *out = v.get<int64_t>();
+  return true;
+}
 
 // Reads typed fields of one JSON object and names `where.key` in every error.
 class FieldReader {
@@ -60,9 +76,13 @@ class FieldReader {
  private:
   int64_t int_value(const char* key) const {
     const json& v = object_[key];
-    if (!v.is_number_integer())
-      throw InputError(at(key) + ": expected an integer, found " + v.dump());
-    return v.get<int64_t>();
+    int64_t out = 0;
+    if (!json_int64(v, &out)) {
+      throw InputError(at(key) + ": expected an integer" +
+                       (v.is_number_integer() ? " that fits in int64" : "") + ", found " +
+                       error_excerpt(v.dump()));
+    }
+    return out;
   }
 
   const json& object_;
@@ -80,11 +100,7 @@ RopeSpec parse_rope(const json& j, const std::string& where, RopeSpec spec) {
     throw InputError(where + ": rope_type \"" + spec.rope_type +
                      "\" is not supported (expected \"default\" or \"proportional\")");
   }
-  if (spec.rope_theta <= 0) throw InputError(where + ": rope_theta must be positive");
-  if (spec.partial_rotary_factor <= 0 || spec.partial_rotary_factor > 1) {
-    throw InputError(where + ": partial_rotary_factor must be in (0, 1]");
-  }
-  return spec;
+  return spec;  // the numbers are checked by finalize()
 }
 
 std::string layer_type_name(LayerType t) {
@@ -98,28 +114,130 @@ json rope_json(const RopeSpec& r) {
   return j;
 }
 
-void require_positive(int64_t value, const std::string& where, const char* key) {
-  if (value <= 0) {
-    throw InputError(where + ": key \"" + key + "\" must be a positive integer, found " +
-                     std::to_string(value));
+std::string key_at(const std::string& where, const std::string& key) {
+  return where + ": key \"" + key + "\"";
+}
+
+std::string number_text(double v) {
+  std::ostringstream out;
+  out << v;
+  return out.str();
+}
+
+void require_in_range(int64_t value, int64_t lo, int64_t hi, const std::string& where,
+                      const std::string& key) {
+  if (value < lo || value > hi) {
+    throw InputError(key_at(where, key) + ": expected an integer in [" + std::to_string(lo) + ", " +
+                     std::to_string(hi) + "], found " + std::to_string(value));
   }
+}
+
+// Finite and > 0 (NaN fails every comparison, so the test is written to reject it).
+void require_finite_positive(double value, const std::string& where, const std::string& key) {
+  if (!(std::isfinite(value) && value > 0)) {
+    throw InputError(key_at(where, key) + ": expected a finite number > 0, found " +
+                     number_text(value));
+  }
+}
+
+void check_rope(const RopeSpec& spec, const std::string& where, const std::string& layer_type) {
+  const std::string key = "rope_parameters." + layer_type + ".";
+  require_finite_positive(spec.rope_theta, where, key + "rope_theta");
+  require_finite_positive(spec.factor, where, key + "factor");
+  if (!(spec.partial_rotary_factor > 0 && spec.partial_rotary_factor <= 1)) {
+    throw InputError(key_at(where, key + "partial_rotary_factor") +
+                     ": expected a number in (0, 1], found " +
+                     number_text(spec.partial_rotary_factor));
+  }
+}
+
+// The product of `factors`, the sizes of one tensor named by `what` (the keys it comes from and
+// the tensor), in int64 with checked multiplication; InputError when it overflows or exceeds
+// kMaxConfigTensorElements.
+void require_tensor_size(std::initializer_list<int64_t> factors, const std::string& where,
+                         const std::string& what) {
+  int64_t n = 1;
+  bool overflow = false;
+  for (int64_t f : factors) {
+    if (__builtin_mul_overflow(n, f, &n)) {
+      overflow = true;
+      break;
+    }
+  }
+  if (overflow || n > kMaxConfigTensorElements) {
+    throw InputError(where + ": " + what + ": " +
+                     (overflow ? std::string("more than int64 holds") : std::to_string(n)) +
+                     " elements, more than the " + std::to_string(kMaxConfigTensorElements) +
+                     " (2^36) one tensor may have");
+  }
+}
+
+// The per-layer values' keys, for error messages: where layer `i`'s head_dim and KV heads come
+// from.
+std::string head_dim_key(const Gemma4Config& c, size_t i) {
+  if (c.head_dim_override[i]) return "per_layer_config." + std::to_string(i) + ".head_dim";
+  return c.layer_types[i] == LayerType::kFull ? "global_head_dim" : "head_dim";
+}
+
+std::string kv_heads_key(const Gemma4Config& c, size_t i) {
+  if (c.kv_heads_override[i])
+    return "per_layer_config." + std::to_string(i) + ".num_key_value_heads";
+  if (c.layer_types[i] == LayerType::kFull && c.attention_k_eq_v && c.num_global_key_value_heads)
+    return "num_global_key_value_heads";
+  return "num_key_value_heads";
 }
 
 }  // namespace
 
 void Gemma4Config::finalize(const std::string& where) {
-  require_positive(hidden_size, where, "hidden_size");
-  require_positive(num_hidden_layers, where, "num_hidden_layers");
-  require_positive(num_attention_heads, where, "num_attention_heads");
-  require_positive(num_key_value_heads, where, "num_key_value_heads");
-  require_positive(head_dim, where, "head_dim");
-  require_positive(global_head_dim, where, "global_head_dim");
-  require_positive(intermediate_size, where, "intermediate_size");
-  require_positive(vocab_size, where, "vocab_size");
-  require_positive(sliding_window, where, "sliding_window");
-  if (hidden_size_per_layer_input < 0)
-    throw InputError(where + ": hidden_size_per_layer_input must be >= 0");
-  if (has_ple()) require_positive(vocab_size_per_layer_input, where, "vocab_size_per_layer_input");
+  // Every bound of the table in gemma4_config.h, before anything is sized from these values.
+  require_in_range(hidden_size, 1, kMaxConfigWidth, where, "hidden_size");
+  require_in_range(intermediate_size, 1, kMaxConfigWidth, where, "intermediate_size");
+  require_in_range(num_hidden_layers, 1, kMaxConfigLayers, where, "num_hidden_layers");
+  require_in_range(num_attention_heads, 1, kMaxConfigHeads, where, "num_attention_heads");
+  require_in_range(num_key_value_heads, 1, kMaxConfigHeads, where, "num_key_value_heads");
+  require_in_range(head_dim, 2, kMaxConfigHeadDim, where, "head_dim");
+  require_in_range(global_head_dim, 2, kMaxConfigHeadDim, where, "global_head_dim");
+  if (attention_k_eq_v && num_global_key_value_heads) {
+    require_in_range(*num_global_key_value_heads, 1, kMaxConfigHeads, where,
+                     "num_global_key_value_heads");
+  }
+  require_in_range(vocab_size, 1, kMaxConfigVocab, where, "vocab_size");
+  require_in_range(max_position_embeddings, 1, kMaxConfigPositions, where,
+                   "max_position_embeddings");
+  require_in_range(sliding_window, 1, kMaxConfigPositions, where, "sliding_window");
+  require_in_range(hidden_size_per_layer_input, 0, kMaxConfigWidth, where,
+                   "hidden_size_per_layer_input");
+  if (has_ple()) {
+    require_in_range(vocab_size_per_layer_input, 1, kMaxConfigVocab, where,
+                     "vocab_size_per_layer_input");
+  }
+  require_in_range(num_kv_shared_layers, 0, num_hidden_layers - 1, where, "num_kv_shared_layers");
+  if (enable_moe_block) {
+    require_in_range(num_experts, 1, kMaxConfigExperts, where, "num_experts");
+    require_in_range(top_k_experts, 1, num_experts, where, "top_k_experts");
+    require_in_range(moe_intermediate_size, 1, kMaxConfigWidth, where, "moe_intermediate_size");
+  }
+  // pad fills prompt rows and bos starts them: both are embedding rows. An eos id is only
+  // compared with generated ids.
+  require_in_range(pad_token_id, 0, vocab_size - 1, where, "pad_token_id");
+  require_in_range(bos_token_id, 0, vocab_size - 1, where, "bos_token_id");
+  for (int64_t id : eos_token_ids) {
+    require_in_range(id, 0, std::numeric_limits<int64_t>::max(), where, "eos_token_id");
+  }
+  if (!(std::isfinite(rms_norm_eps) && rms_norm_eps >= FLT_MIN && rms_norm_eps <= 1)) {
+    throw InputError(key_at(where, "rms_norm_eps") + ": expected a finite number in [" +
+                     number_text(FLT_MIN) + ", 1] (nonzero in float32), found " +
+                     number_text(rms_norm_eps));
+  }
+  if (!(std::isfinite(initializer_range) && initializer_range >= 0)) {
+    throw InputError(key_at(where, "initializer_range") +
+                     ": expected a finite number >= 0, found " + number_text(initializer_range));
+  }
+  if (final_logit_softcapping)
+    require_finite_positive(*final_logit_softcapping, where, "final_logit_softcapping");
+  check_rope(rope_sliding, where, "sliding_attention");
+  check_rope(rope_full, where, "full_attention");
   if (hidden_activation != "gelu_pytorch_tanh" && hidden_activation != "gelu") {
     throw InputError(where + ": hidden_activation \"" + hidden_activation +
                      "\" is not supported (expected \"gelu_pytorch_tanh\" or \"gelu\")");
@@ -142,16 +260,6 @@ void Gemma4Config::finalize(const std::string& where) {
   layer_types.back() = LayerType::kFull;  // as transformers: the last layer is always full
   head_dim_override.resize(L);
   kv_heads_override.resize(L);
-  if (num_kv_shared_layers < 0 || num_kv_shared_layers >= num_hidden_layers) {
-    throw InputError(where + ": num_kv_shared_layers must be in [0, num_hidden_layers)");
-  }
-  if (enable_moe_block) {
-    require_positive(num_experts, where, "num_experts");
-    require_positive(top_k_experts, where, "top_k_experts");
-    require_positive(moe_intermediate_size, where, "moe_intermediate_size");
-    if (top_k_experts > num_experts)
-      throw InputError(where + ": top_k_experts exceeds num_experts");
-  }
 
   const int first_shared = static_cast<int>(first_kv_shared_layer());
   layers.assign(L, {});
@@ -166,17 +274,59 @@ void Gemma4Config::finalize(const std::string& where) {
     if (head_dim_override[i]) s.head_dim = *head_dim_override[i];
     if (kv_heads_override[i]) s.num_kv_heads = *kv_heads_override[i];
     const std::string layer = where + ": layer " + std::to_string(i);
-    if (s.head_dim <= 0 || s.head_dim % 2 != 0)
-      throw InputError(layer + ": head_dim must be even and positive");
-    if (s.num_kv_heads <= 0 || num_attention_heads % s.num_kv_heads != 0) {
+    if (s.head_dim < 2 || s.head_dim > kMaxConfigHeadDim || s.head_dim % 2 != 0) {
+      throw InputError(key_at(layer, head_dim_key(*this, i)) +
+                       ": expected an even integer in [2, " + std::to_string(kMaxConfigHeadDim) +
+                       "], found " + std::to_string(s.head_dim));
+    }
+    require_in_range(s.num_kv_heads, 1, kMaxConfigHeads, layer, kv_heads_key(*this, i));
+    if (num_attention_heads % s.num_kv_heads != 0) {
       throw InputError(layer + ": num_attention_heads (" + std::to_string(num_attention_heads) +
                        ") is not a multiple of its KV heads (" + std::to_string(s.num_kv_heads) +
-                       ")");
+                       ", key \"" + kv_heads_key(*this, i) + "\")");
+    }
+    // Both factors are bounded above, so the product fits int64.
+    if (num_attention_heads * s.head_dim > kMaxConfigWidth) {
+      throw InputError(layer + ": keys \"num_attention_heads\" * \"" + head_dim_key(*this, i) +
+                       "\": a query width of " + std::to_string(num_attention_heads * s.head_dim) +
+                       ", more than " + std::to_string(kMaxConfigWidth));
     }
     s.has_v_proj = !(full && attention_k_eq_v);
     s.kv_shared = static_cast<int>(i) >= first_shared;
     s.intermediate_size = intermediate_size * (use_double_wide_mlp && s.kv_shared ? 2 : 1);
   }
+  // The checkpoint's tensors (gemma4_hf_checkpoint_layout), each within kMaxConfigTensorElements.
+  // K/V projections are no wider than Q (KV heads divide the query heads).
+  require_tensor_size({vocab_size, hidden_size}, where,
+                      "keys \"vocab_size\" * \"hidden_size\" (embed_tokens, lm_head)");
+  bool double_wide = false;
+  int64_t widest_q = 0;
+  for (const Gemma4LayerSpec& s : layers) {
+    double_wide = double_wide || s.intermediate_size != intermediate_size;
+    widest_q = std::max(widest_q, num_attention_heads * s.head_dim);
+  }
+  require_tensor_size({intermediate_size, double_wide ? 2 : 1, hidden_size}, where,
+                      double_wide ? "keys 2 * \"intermediate_size\" * \"hidden_size\" (mlp, "
+                                    "use_double_wide_mlp)"
+                                  : "keys \"intermediate_size\" * \"hidden_size\" (mlp)");
+  require_tensor_size({widest_q, hidden_size}, where,
+                      "keys \"num_attention_heads\" * head_dim * \"hidden_size\" (q_proj, "
+                      "o_proj)");
+  if (has_ple()) {
+    require_tensor_size(
+        {vocab_size_per_layer_input, num_hidden_layers, hidden_size_per_layer_input}, where,
+        "keys \"vocab_size_per_layer_input\" * \"num_hidden_layers\" * "
+        "\"hidden_size_per_layer_input\" (embed_tokens_per_layer)");
+    require_tensor_size({num_hidden_layers, hidden_size_per_layer_input, hidden_size}, where,
+                        "keys \"num_hidden_layers\" * \"hidden_size_per_layer_input\" * "
+                        "\"hidden_size\" (per_layer_model_projection)");
+  }
+  if (enable_moe_block) {
+    require_tensor_size({num_experts, 2, moe_intermediate_size, hidden_size}, where,
+                        "keys \"num_experts\" * 2 * \"moe_intermediate_size\" * \"hidden_size\" "
+                        "(experts.gate_up_proj)");
+  }
+
   for (size_t i = 1; i < L; ++i) {
     for (size_t j = 0; j < i; ++j) {
       if (layers[j].type == layers[i].type && layers[j].head_dim != layers[i].head_dim) {
@@ -211,9 +361,9 @@ void Gemma4Config::finalize(const std::string& where) {
 Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string& where) {
   json root;
   try {
-    root = json::parse(json_text);
+    root = parse_bounded_json(json_text, where);
   } catch (const json::exception& e) {
-    throw InputError(where + ": not valid JSON: " + e.what());
+    throw InputError(where + ": not valid JSON: " + json_error_detail(e));
   }
   if (!root.is_object()) throw InputError(where + ": expected a JSON object");
   std::string at = where;
@@ -245,14 +395,18 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
   if (r.has("eos_token_id")) {
     const json& e = (*text)["eos_token_id"];
     c.eos_token_ids.clear();
-    if (e.is_number_integer()) {
-      c.eos_token_ids.push_back(e.get<int64_t>());
-    } else if (e.is_array() && std::all_of(e.begin(), e.end(),
-                                           [](const json& x) { return x.is_number_integer(); })) {
-      for (const json& x : e) c.eos_token_ids.push_back(x.get<int64_t>());
-    } else {
-      throw InputError(r.at("eos_token_id") + ": expected an integer or a list of integers");
+    bool ok = e.is_array();
+    int64_t id = 0;
+    if (json_int64(e, &id)) {
+      c.eos_token_ids.push_back(id);
+      ok = true;
+    } else if (ok) {
+      for (const json& x : e) {
+        ok = ok && json_int64(x, &id);
+        if (ok) c.eos_token_ids.push_back(id);
+      }
     }
+    if (!ok) throw InputError(r.at("eos_token_id") + ": expected an integer or a list of integers");
   }
   // tie_word_embeddings lives at top level in the multimodal form, in text_config in the other.
   r.optional_bool("tie_word_embeddings", c.tie_word_embeddings);
@@ -266,6 +420,11 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
   }
   r.optional_int("sliding_window", c.sliding_window);
   r.optional_double("final_logit_softcapping", c.final_logit_softcapping);
+  // Gemma 4 has no attention-logit softcap and transformers ignores this key; a value that could
+  // not be one is still refused rather than read past.
+  std::optional<double> attn_softcap;
+  r.optional_double("attn_logit_softcapping", attn_softcap);
+  if (attn_softcap) require_finite_positive(*attn_softcap, at, "attn_logit_softcapping");
   if (r.has("use_bidirectional_attention")) {
     std::string mode;
     r.optional_string("use_bidirectional_attention", mode);
@@ -311,6 +470,7 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
     // flat global_* keys are not written then and full layers carry their head_dim here.
     const json& plc = (*text)["per_layer_config"];
     if (!plc.is_object()) throw InputError(r.at("per_layer_config") + ": expected an object");
+    require_in_range(c.num_hidden_layers, 1, kMaxConfigLayers, at, "num_hidden_layers");
     c.head_dim_override.resize(c.num_hidden_layers);
     c.kv_heads_override.resize(c.num_hidden_layers);
     for (auto it = plc.begin(); it != plc.end(); ++it) {

@@ -12,6 +12,59 @@
 
 namespace gemma {
 
+// Bounds on config.json, checked by finalize() before anything is sized from the config, so an
+// absurd value is one InputError naming its key rather than a failed allocation, an int64
+// overflow or NaN. Each leaves wide margin over the released variants (gemma4-architecture.md
+// §1.3), shown in the last column. Keys marked "if used" are checked only when the config uses
+// them (MoE keys with enable_moe_block, PLE keys with hidden_size_per_layer_input > 0,
+// num_global_key_value_heads with attention_k_eq_v).
+//
+//   key                                           allowed                        released
+//   hidden_size                                   [1, 2^20]                      1536..5376
+//   intermediate_size                             [1, 2^20]                      2112..21504
+//   moe_intermediate_size (if used)               [1, 2^20]                      704
+//   hidden_size_per_layer_input                   [0, 2^20] (0: no PLE)          0, 256
+//   head_dim, global_head_dim,                    even, [2, 2^16]                256, 512
+//     per_layer_config[i].head_dim
+//   num_hidden_layers                             [1, 1024]                      30..60
+//   num_attention_heads                           [1, 1024]                      8..32
+//   num_key_value_heads, num_global_key_value_    [1, 1024], dividing            1..16
+//     heads (if used), per_layer_config[i].         num_attention_heads
+//     num_key_value_heads
+//   num_kv_shared_layers                          [0, num_hidden_layers)         0..20
+//   num_experts (if used)                         [1, 2^16]                      128
+//   top_k_experts (if used)                       [1, num_experts]               8
+//   vocab_size                                    [1, 2^24]                      262144
+//   vocab_size_per_layer_input (if used)          [1, 2^24]                      262144
+//   max_position_embeddings                       [1, 2^24]                      131072, 262144
+//   sliding_window                                [1, 2^24]                      512, 1024
+//   pad_token_id, bos_token_id                    [0, vocab_size)                0, 2
+//   eos_token_id (each)                           >= 0 (only compared)           1
+//   rms_norm_eps                                  finite, [FLT_MIN, 1]           1e-6
+//   initializer_range                             finite, >= 0                   0.02
+//   final_logit_softcapping,                      null/absent, or finite > 0     30, null
+//     attn_logit_softcapping (read, never used:
+//     Gemma 4 has none, as in transformers)
+//   rope_parameters.*.rope_theta, .factor         finite, > 0                    1e4, 1e6; 1
+//   rope_parameters.*.partial_rotary_factor       (0, 1]                         0.25
+//
+// Products that size one tensor or activation:
+//   num_attention_heads * head_dim (per layer)    <= 2^20 (q/o width)            16384
+//   every checkpoint tensor (vocab_size *         <= 2^36 elements, in int64     1.4e9 ~ 2^30.4
+//     hidden_size, intermediate_size *            with checked multiplication;   (embed_tokens
+//     hidden_size, the PLE table, experts, ...)   128 GiB in bf16, more than     of 31B)
+//                                                 one GPU holds
+// With these, a parameter count (at most ~25 tensors per layer, 1024 layers) stays below 2^52:
+// int64 sums of them cannot overflow.
+constexpr int64_t kMaxConfigWidth = int64_t{1} << 20;
+constexpr int64_t kMaxConfigHeadDim = int64_t{1} << 16;
+constexpr int64_t kMaxConfigLayers = 1024;
+constexpr int64_t kMaxConfigHeads = 1024;
+constexpr int64_t kMaxConfigExperts = int64_t{1} << 16;
+constexpr int64_t kMaxConfigVocab = int64_t{1} << 24;
+constexpr int64_t kMaxConfigPositions = int64_t{1} << 24;
+constexpr int64_t kMaxConfigTensorElements = int64_t{1} << 36;
+
 enum class LayerType { kSliding, kFull };
 
 struct RopeSpec {
@@ -78,8 +131,9 @@ struct Gemma4Config {
     return t == LayerType::kSliding ? rope_sliding : rope_full;
   }
 
-  // Fills defaults (layer_types, last layer forced full) and derives `layers`; throws InputError
-  // naming `where` when the settings contradict each other.
+  // Checks every value against the bounds above, fills defaults (layer_types, last layer forced
+  // full) and derives `layers`; throws InputError naming `where` and the key when a value is out
+  // of bounds or the settings contradict each other.
   void finalize(const std::string& where);
 };
 

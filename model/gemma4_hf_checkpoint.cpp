@@ -7,6 +7,7 @@
 
 #include "io/atomic_output.h"
 #include "io/bnb_nf4_format.h"
+#include "io/bounded_json.h"
 #include "io/hf_checkpoint.h"
 #include "io/input_error.h"
 #include "io/string_match.h"
@@ -145,9 +146,7 @@ std::string detect_gemma4_prefix(const HfCheckpointReader& reader, const fs::pat
 
 void check_gemma4_tensors(const HfCheckpointReader& reader, const Gemma4Config& config,
                           const std::string& prefix, const fs::path& dir) {
-  for (const Gemma4TensorInfo& info : gemma4_hf_checkpoint_layout(config)) {
-    if (!info.used) continue;
-    const std::string key = prefix + info.name;
+  const auto check = [&](const std::string& key, const std::vector<int64_t>& expected) {
     std::vector<int64_t> found;
     if (has_bnb_nf4(reader, key)) {
       found = read_bnb_nf4(reader, key, dir.string()).shape;
@@ -155,13 +154,20 @@ void check_gemma4_tensors(const HfCheckpointReader& reader, const Gemma4Config& 
       found = reader.entry(key).shape;
     } else {
       throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
-                       shape_text(info.shape) + ")");
+                       shape_text(expected) + ")");
     }
-    if (found != info.shape) {
+    if (found != expected) {
       throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " + shape_text(found) +
-                       ", expected " + shape_text(info.shape));
+                       ", expected " + shape_text(expected));
     }
+  };
+  for (const Gemma4TensorInfo& info : gemma4_hf_checkpoint_layout(config)) {
+    if (info.used) check(prefix + info.name, info.shape);
   }
+  // An untied lm_head is read when present and required when the config unties it (the model
+  // then has one to fill).
+  if (reader.contains("lm_head.weight") || !config.tie_word_embeddings)
+    check("lm_head.weight", {config.vocab_size, config.hidden_size});
 }
 
 LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) {
@@ -364,7 +370,8 @@ std::set<std::string> linear_weight_names(const Gemma4Config& config) {
 void quantize_gemma4_checkpoint(const fs::path& in_dir, const fs::path& out_dir,
                                 uint64_t shard_bytes) {
   const Gemma4Config config = load_gemma4_config((in_dir / "config.json").string());
-  nlohmann::json config_json = nlohmann::json::parse(read_text_file(in_dir / "config.json"));
+  nlohmann::json config_json =
+      parse_json_input(read_text_file(in_dir / "config.json"), (in_dir / "config.json").string());
   if (config_json.contains("quantization_config")) {
     throw InputError((in_dir / "config.json").string() +
                      ": already has a quantization_config (already quantized?)");
@@ -430,6 +437,10 @@ Gemma4CheckpointSummary summarize_gemma4_checkpoint(const std::filesystem::path&
   Gemma4CheckpointSummary s;
   s.prefix = detect_gemma4_prefix(reader, dir);
   s.sharded = reader.sharded();
+  // Every tensor is there with the shape the config gives it (the check `logits` makes when
+  // loading), so the counts below are the config's: each tensor is within
+  // kMaxConfigTensorElements and the int64 sums cannot overflow (gemma4_config.h).
+  check_gemma4_tensors(reader, config, s.prefix, dir);
   const auto numel_of = [](const std::vector<int64_t>& shape) {
     int64_t n = 1;
     for (int64_t d : shape) n *= d;
@@ -442,10 +453,8 @@ Gemma4CheckpointSummary summarize_gemma4_checkpoint(const std::filesystem::path&
     if (has_bnb_nf4(reader, key)) {
       for (const std::string& part : bnb_nf4_keys(key)) used.insert(part);
       ++s.nf4_weights;
-    } else if (reader.contains(key)) {
-      used.insert(key);
     } else {
-      throw InputError(dir.string() + ": missing tensor \"" + key + "\"");
+      used.insert(key);
     }
     const int64_t n = numel_of(info.shape);
     s.total_parameters += n;
@@ -455,7 +464,7 @@ Gemma4CheckpointSummary summarize_gemma4_checkpoint(const std::filesystem::path&
   if (reader.contains("lm_head.weight")) {
     used.insert("lm_head.weight");
     s.lm_head_from_file = true;
-    s.total_parameters += numel_of(reader.entry("lm_head.weight").shape);
+    s.total_parameters += config.vocab_size * config.hidden_size;  // its shape was checked
   }
   for (const std::string& key : reader.keys()) {
     if (used.count(key)) continue;

@@ -57,14 +57,16 @@ struct Gemma4CheckpointSummary {
   std::map<std::string, int> ignored_groups;
 };
 
-// Counts `dir`'s tensors against `config`'s table; InputError naming the first missing one.
+// Counts `dir`'s tensors against `config`'s table, after check_gemma4_tensors: InputError naming
+// the first missing or mis-shaped one.
 Gemma4CheckpointSummary summarize_gemma4_checkpoint(const std::filesystem::path& dir,
                                                     const Gemma4Config& config);
 
 enum class Nf4Base { kNever, kAsStored, kAlways };
 
 // Checks that `reader` holds every tensor the text decoder reads, with its shape (dense or in
-// bitsandbytes NF4); InputError naming `dir`, the key and the expected shape otherwise.
+// bitsandbytes NF4), and that an untied lm_head, when there, is [vocab_size, hidden_size];
+// InputError naming `dir`, the key and the expected shape otherwise.
 void check_gemma4_tensors(const HfCheckpointReader& reader, const Gemma4Config& config,
                           const std::string& prefix, const std::filesystem::path& dir);
 

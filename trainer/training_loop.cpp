@@ -23,6 +23,7 @@
 #include "data/tokenizer.h"
 #include "export/gguf_gemma4.h"
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 #include "io/tensorboard_events.h"
 #include "model/gemma4_hf_checkpoint.h"
@@ -81,7 +82,8 @@ torch::ScalarType torch_dtype(RecipeDtype d, const fs::path& model_dir) {
   if (d == RecipeDtype::kBfloat16) return torch::kBFloat16;
   // auto: the checkpoint's own dtype, as from_pretrained(dtype="auto") reads it from config.json.
   try {
-    const json config = json::parse(read_text_file(model_dir / "config.json"));
+    const json config = parse_bounded_json(read_text_file(model_dir / "config.json"),
+                                           (model_dir / "config.json").string());
     for (const json* c :
          {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
       if (c == nullptr) continue;

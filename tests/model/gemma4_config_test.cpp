@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
+#include <cmath>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "io/input_error.h"
@@ -114,6 +117,244 @@ TEST(Gemma4Config, BadValuesAreNamed) {
   text = tiny_text_config();
   text["num_kv_shared_layers"] = 3;  // layer 3 (full) would read layer 0 (sliding): no full source
   EXPECT_NE(error_of(text.dump()).find("no earlier non-shared layer"), std::string::npos);
+}
+
+// The error for `text`, which must come fast: every bound is checked before anything is sized
+// from the config (an allocation of 2^40 would throw bad_alloc, not InputError, or take long).
+std::string fast_error_of(const json& text) {
+  const auto t0 = std::chrono::steady_clock::now();
+  std::string msg = error_of(text.dump());
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 1.0);
+  return msg;
+}
+
+// `config` after finalize(), or the InputError it threw: for values JSON cannot spell (NaN).
+std::string finalize_error_of(Gemma4Config config) {
+  try {
+    config.finalize("cfg");
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+TEST(Gemma4Config, HugeDimensionsAreNamedBeforeAnythingIsSized) {
+  json text = tiny_text_config();
+  text["hidden_size"] = int64_t{1} << 40;
+  EXPECT_EQ(fast_error_of(text),
+            "config.json: key \"hidden_size\": expected an integer in [1, 1048576], found "
+            "1099511627776");
+  text = tiny_text_config();
+  text["vocab_size"] = int64_t{1} << 62;
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "key \"vocab_size\": expected an integer in [1, "
+                       "16777216], found 4611686018427387904"));
+  // The default layer_types and the per_layer_config tables have one entry per layer.
+  text = tiny_text_config();
+  text.erase("layer_types");
+  text["num_hidden_layers"] = int64_t{1} << 62;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"num_hidden_layers\": expected an integer in"));
+  text["per_layer_config"] = {{"1", {{"head_dim", 16}}}};
+  EXPECT_TRUE(contains(fast_error_of(json{{"text_config", text}}),
+                       "config.json text_config: key \"num_hidden_layers\": expected an integer"));
+  // 2^63 and above: nlohmann holds them unsigned; they must not wrap to a negative int64.
+  text = tiny_text_config();
+  text["intermediate_size"] = std::numeric_limits<uint64_t>::max();
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "key \"intermediate_size\": expected an integer that fits in int64, found "
+                       "18446744073709551615"));
+  for (const char* key :
+       {"num_attention_heads", "num_key_value_heads", "head_dim", "global_head_dim",
+        "max_position_embeddings", "sliding_window", "hidden_size_per_layer_input"}) {
+    text = tiny_text_config();
+    text[key] = int64_t{1} << 40;
+    EXPECT_TRUE(contains(fast_error_of(text), std::string("key \"") + key + "\": expected")) << key;
+  }
+  text = tiny_text_config();
+  text["hidden_size_per_layer_input"] = 8;
+  text["vocab_size_per_layer_input"] = int64_t{1} << 40;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"vocab_size_per_layer_input\": expected"));
+  text = tiny_text_config();
+  text["enable_moe_block"] = true;
+  text["num_experts"] = int64_t{1} << 40;
+  text["top_k_experts"] = 2;
+  text["moe_intermediate_size"] = 8;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"num_experts\": expected"));
+  text["num_experts"] = 4;
+  text["top_k_experts"] = 5;
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "key \"top_k_experts\": expected an integer in [1, 4], found 5"));
+  text["top_k_experts"] = 2;
+  text["moe_intermediate_size"] = int64_t{1} << 40;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"moe_intermediate_size\": expected"));
+  // A per-layer override is checked as well, and named by where it came from.
+  text = tiny_text_config();
+  text["per_layer_config"] = {{"3", {{"head_dim", int64_t{1} << 40}}}};
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "layer 3: key \"per_layer_config.3.head_dim\": expected an even integer"));
+  text = tiny_text_config();
+  text["global_head_dim"] = 15;
+  EXPECT_TRUE(contains(fast_error_of(text), "layer 1: key \"global_head_dim\": expected an even"));
+  text = tiny_text_config();
+  text["num_global_key_value_heads"] = 0;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"num_global_key_value_heads\": expected"));
+}
+
+TEST(Gemma4Config, TensorSizesAreCheckedWithTheKeysTheyComeFrom) {
+  // Each value within its own bound, their product past 2^36 elements for one tensor.
+  json text = tiny_text_config();
+  text["vocab_size"] = int64_t{1} << 24;
+  text["hidden_size"] = int64_t{1} << 20;
+  EXPECT_EQ(fast_error_of(text),
+            "config.json: keys \"vocab_size\" * \"hidden_size\" (embed_tokens, lm_head): "
+            "17592186044416 elements, more than the 68719476736 (2^36) one tensor may have");
+  text = tiny_text_config();
+  text["intermediate_size"] = int64_t{1} << 20;
+  text["hidden_size"] = int64_t{1} << 17;
+  EXPECT_TRUE(contains(fast_error_of(text), "keys \"intermediate_size\" * \"hidden_size\" (mlp)"));
+  text = tiny_text_config();
+  text["hidden_size_per_layer_input"] = int64_t{1} << 20;
+  text["vocab_size_per_layer_input"] = int64_t{1} << 24;
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "keys \"vocab_size_per_layer_input\" * \"num_hidden_layers\" * "
+                       "\"hidden_size_per_layer_input\" (embed_tokens_per_layer)"));
+  text["vocab_size_per_layer_input"] = 16;
+  text["hidden_size"] = int64_t{1} << 20;
+  text["vocab_size"] = 16;
+  EXPECT_TRUE(contains(fast_error_of(text), "(per_layer_model_projection)"));
+  text = tiny_text_config();
+  text["enable_moe_block"] = true;
+  text["num_experts"] = int64_t{1} << 16;
+  text["top_k_experts"] = 8;
+  text["moe_intermediate_size"] = int64_t{1} << 20;
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "keys \"num_experts\" * 2 * \"moe_intermediate_size\" "
+                       "* \"hidden_size\" (experts.gate_up_proj)"));
+  // Query width: heads * head_dim of a layer, and the q_proj it sizes.
+  text = tiny_text_config();
+  text["num_attention_heads"] = 1024;
+  text["global_head_dim"] = 2048;
+  EXPECT_TRUE(contains(fast_error_of(text),
+                       "layer 1: keys \"num_attention_heads\" * \"global_head_dim\": a query width "
+                       "of 2097152, more than 1048576"));
+  text["global_head_dim"] = 1024;
+  text["hidden_size"] = int64_t{1} << 20;
+  text["vocab_size"] = 16;
+  EXPECT_TRUE(contains(fast_error_of(text), "(q_proj, o_proj)"));
+  // A product past int64 (2^33 * 2^31) never gets as far: its factors' own bounds stop it.
+  text = tiny_text_config();
+  text["vocab_size"] = int64_t{1} << 33;
+  text["hidden_size"] = int64_t{1} << 31;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"hidden_size\": expected an integer in"));
+  text["hidden_size"] = 32;
+  EXPECT_TRUE(contains(fast_error_of(text), "key \"vocab_size\": expected an integer in"));
+}
+
+TEST(Gemma4Config, NumbersThatWouldGiveNaNAreRefused) {
+  const auto with = [](const char* key, json value) {
+    json text = tiny_text_config();
+    text[key] = std::move(value);
+    return fast_error_of(text);
+  };
+  for (double eps : {0.0, -1e-6, 1e-300, 2.0}) {
+    EXPECT_TRUE(
+        contains(with("rms_norm_eps", eps), "key \"rms_norm_eps\": expected a finite number"))
+        << eps;
+  }
+  EXPECT_TRUE(contains(with("rms_norm_eps", "1e-6"), "key \"rms_norm_eps\": expected a number"));
+  EXPECT_EQ(with("rms_norm_eps", 1e-5), "");
+  for (double cap : {0.0, -30.0}) {
+    EXPECT_TRUE(contains(with("final_logit_softcapping", cap),
+                         "key \"final_logit_softcapping\": expected a finite number > 0"))
+        << cap;
+    EXPECT_TRUE(contains(with("attn_logit_softcapping", cap),
+                         "key \"attn_logit_softcapping\": expected a finite number > 0"))
+        << cap;
+  }
+  EXPECT_EQ(with("final_logit_softcapping", nullptr), "");
+  EXPECT_EQ(with("attn_logit_softcapping", nullptr), "");
+  EXPECT_TRUE(contains(with("max_position_embeddings", 0),
+                       "key \"max_position_embeddings\": expected an integer in [1, 16777216], "
+                       "found 0"));
+  EXPECT_TRUE(contains(with("sliding_window", 0), "key \"sliding_window\": expected an integer"));
+  EXPECT_TRUE(contains(with("num_kv_shared_layers", 4),
+                       "key \"num_kv_shared_layers\": expected an integer in [0, 3], found 4"));
+  EXPECT_TRUE(contains(with("initializer_range", -0.02), "key \"initializer_range\""));
+  EXPECT_TRUE(contains(with("pad_token_id", 100),
+                       "key \"pad_token_id\": expected an integer in [0, 99], found 100"));
+  EXPECT_TRUE(contains(with("bos_token_id", -1), "key \"bos_token_id\""));
+  EXPECT_TRUE(contains(with("eos_token_id", json::array({1, -2})), "key \"eos_token_id\""));
+  // JSON cannot spell NaN or infinity; a literal past double's range is a parse error.
+  EXPECT_TRUE(contains(error_of(R"({"rms_norm_eps": 1e400})"), "not valid JSON: number overflow"));
+
+  for (const char* type : {"sliding_attention", "full_attention"}) {
+    for (const auto& [key, value] :
+         std::vector<std::pair<const char*, double>>{{"rope_theta", 0.0},
+                                                     {"factor", -1.0},
+                                                     {"partial_rotary_factor", 0.0},
+                                                     {"partial_rotary_factor", 1.5}}) {
+      json text = tiny_text_config();
+      text["rope_parameters"] = {{type, {{"rope_type", "proportional"}, {key, value}}}};
+      EXPECT_TRUE(contains(fast_error_of(text), std::string("key \"rope_parameters.") + type + "." +
+                                                    key + "\": expected"))
+          << type << " " << key << " " << value;
+    }
+  }
+
+  // NaN and infinity reach finalize() only from code; it refuses them too.
+  const Gemma4Config good = parse_gemma4_config(tiny_text_config().dump(), "x");
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
+  EXPECT_EQ(finalize_error_of(good), "");
+  Gemma4Config c = good;
+  c.rms_norm_eps = nan;
+  EXPECT_EQ(finalize_error_of(c),
+            "cfg: key \"rms_norm_eps\": expected a finite number in [1.17549e-38, 1] (nonzero "
+            "in float32), found nan");
+  c = good;
+  c.final_logit_softcapping = nan;
+  EXPECT_TRUE(contains(finalize_error_of(c), "key \"final_logit_softcapping\""));
+  c = good;
+  c.final_logit_softcapping = inf;
+  EXPECT_TRUE(contains(finalize_error_of(c), "key \"final_logit_softcapping\""));
+  c = good;
+  c.rope_full.partial_rotary_factor = nan;
+  EXPECT_TRUE(contains(finalize_error_of(c),
+                       "key \"rope_parameters.full_attention."
+                       "partial_rotary_factor\": expected a number in (0, "
+                       "1], found nan"));
+  c = good;
+  c.rope_sliding.rope_theta = inf;
+  EXPECT_TRUE(
+      contains(finalize_error_of(c), "key \"rope_parameters.sliding_attention.rope_theta\""));
+  c = good;
+  c.initializer_range = nan;
+  EXPECT_TRUE(contains(finalize_error_of(c), "key \"initializer_range\""));
+}
+
+TEST(Gemma4Config, JsonIsParsedWithBoundedNestingAndShortErrors) {
+  std::string deep = "{\"hidden_size\": ";
+  for (int i = 0; i < 200; ++i) deep += "[";
+  EXPECT_TRUE(contains(error_of(deep), "config.json: JSON nested deeper than 128 levels"));
+  // A long bad input is not echoed back whole.
+  const std::string bad = "{\"hidden_size\": \"" + std::string(100000, 'x');
+  const std::string msg = error_of(bad);
+  EXPECT_TRUE(contains(msg, "config.json: not valid JSON")) << msg.substr(0, 300);
+  EXPECT_LT(msg.size(), 400u);
+}
+
+TEST(Gemma4Config, BundledConfigsAreWithinTheBounds) {
+  const std::vector<std::string> names = bundled_config_names();
+  ASSERT_GE(names.size(), 10u);
+  for (const std::string& name : names) {
+    const std::optional<std::string> text = bundled_config_json(name);
+    ASSERT_TRUE(text) << name;
+    EXPECT_NO_THROW(parse_gemma4_config(*text, name)) << name << ": " << error_of(*text);
+  }
 }
 
 // §1.3: full-attention layer indices and KV-sharing sources of the released variants.

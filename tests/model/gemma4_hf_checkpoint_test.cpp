@@ -314,6 +314,67 @@ TEST(Gemma4Checkpoint, UntiedLmHeadIsUsedWhenPresent) {
   EXPECT_FALSE(torch::allclose(logits_of(loaded.model, ids), logits_of(model, ids)));
 }
 
+std::string summary_error(const std::filesystem::path& dir, const Gemma4Config& c) {
+  try {
+    summarize_gemma4_checkpoint(dir, c);
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// `info` counts from the summary: a tensor whose shape disagrees with config.json is an error
+// there, as when loading, not a count computed from the wrong numbers.
+TEST(Gemma4Checkpoint, SummaryChecksShapesAgainstTheConfig) {
+  ScratchDir dir;
+  const Gemma4Config c = bundled_config("tiny-31b");
+  Gemma4ForCausalLM model = random_model(c, 3);
+  Gemma4SaveOptions save;
+  save.dtype = torch::kFloat32;
+  save.text_only = true;
+  save_gemma4(model, dir / "m", save);
+  std::vector<std::pair<std::string, torch::Tensor>> all;
+  {
+    HfCheckpointReader reader(dir / "m");
+    for (const auto& key : reader.keys()) all.emplace_back(key, reader.view(key).clone());
+  }
+  int64_t expected_total = 0;
+  for (const Gemma4TensorInfo& info : gemma4_hf_checkpoint_layout(c)) {
+    int64_t n = 1;
+    for (int64_t d : info.shape) n *= d;
+    if (info.used) expected_total += n;
+  }
+  const Gemma4CheckpointSummary plain = summarize_gemma4_checkpoint(dir / "m", c);
+  EXPECT_EQ(plain.total_parameters, expected_total);
+  EXPECT_EQ(plain.embedding_parameters, c.vocab_size * c.hidden_size);
+
+  std::vector<std::pair<std::string, torch::Tensor>> misshaped = all;
+  for (auto& [key, t] : misshaped) {
+    if (key == "model.layers.1.mlp.up_proj.weight") t = t.narrow(0, 0, 5).clone();
+  }
+  write_safetensors(dir / "m" / "model.safetensors", misshaped);
+  EXPECT_EQ(summary_error(dir / "m", c),
+            (dir / "m").string() +
+                ": tensor \"model.layers.1.mlp.up_proj.weight\" has shape [5, 64], expected "
+                "[128, 64]");
+
+  // An untied lm_head is counted from the config once its shape is checked.
+  std::vector<std::pair<std::string, torch::Tensor>> head = all;
+  head.emplace_back("lm_head.weight", torch::randn({c.vocab_size, c.hidden_size + 1}));
+  write_safetensors(dir / "m" / "model.safetensors", head);
+  const std::string want = (dir / "m").string() + ": tensor \"lm_head.weight\" has shape [" +
+                           std::to_string(c.vocab_size) + ", " + std::to_string(c.hidden_size + 1) +
+                           "], expected [" + std::to_string(c.vocab_size) + ", " +
+                           std::to_string(c.hidden_size) + "]";
+  EXPECT_EQ(summary_error(dir / "m", c), want);
+  EXPECT_EQ(load_error(dir / "m"), want);
+  head.back().second = torch::randn({c.vocab_size, c.hidden_size});
+  write_safetensors(dir / "m" / "model.safetensors", head);
+  const Gemma4CheckpointSummary untied = summarize_gemma4_checkpoint(dir / "m", c);
+  EXPECT_TRUE(untied.lm_head_from_file);
+  EXPECT_EQ(untied.total_parameters, expected_total + c.vocab_size * c.hidden_size);
+}
+
 TEST(Gemma4Checkpoint, ExistingOutputFolderIsRefusedAndUntouched) {
   ScratchDir dir;
   Gemma4ForCausalLM model = random_model(bundled_config("tiny-31b"), 8);

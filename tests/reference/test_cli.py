@@ -280,3 +280,37 @@ def test_flag_values_are_bounded(gemma_train, tiny):
     expect_error(gemma_train, ["info", "--model", tiny, "--threads", "100000"], "from 1 to 1024")
     expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1", "--out", "--threads", "1"],
                  "--out needs a value, found the flag \"--threads\"")
+
+
+def input_error_line(gemma_train, args):
+    """The one stderr line of an InputError (exit 2), which must come within a few seconds."""
+    proc = subprocess.run([gemma_train, *map(str, args)], capture_output=True, text=True, timeout=15)
+    assert proc.returncode == 2, f"exit {proc.returncode}: {proc.stderr[-2000:]}"
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr[-2000:]
+    assert len(lines[0]) < 400, lines[0]
+    return lines[0]
+
+
+def test_config_sizes_and_tensor_shapes_are_checked_before_use(gemma_train, tiny, tmp_path):
+    """A config.json size no model has (hidden_size 2**40) is one InputError naming the key from
+    `info` and `logits`, before anything is sized from it; a tensor whose shape disagrees with
+    config.json is one from `info` too, naming the tensor, as loading it for `logits` is."""
+    config = json.loads((tiny / "config.json").read_text())
+    huge = tmp_path / "huge"
+    shutil.copytree(tiny, huge)
+    (huge / "config.json").write_text(json.dumps({**config, "hidden_size": 2**40}))
+    for args in (["info", "--model", huge], logits_args(huge, tmp_path)):
+        line = input_error_line(gemma_train, args)
+        assert "config.json" in line and "key \"hidden_size\"" in line and str(2**40) in line, line
+    assert not (tmp_path / "out.bin").exists()
+
+    wide = tmp_path / "wide"
+    shutil.copytree(tiny, wide)
+    inter = config["intermediate_size"]
+    (wide / "config.json").write_text(json.dumps({**config, "intermediate_size": inter + 2}))
+    line = input_error_line(gemma_train, ["info", "--model", wide])
+    assert line.endswith(f"tensor \"model.layers.0.mlp.gate_proj.weight\" has shape "
+                         f"[{inter}, {config['hidden_size']}], expected [{inter + 2}, {config['hidden_size']}]"), line
+    line = input_error_line(gemma_train, logits_args(wide, tmp_path))
+    assert "mlp." in line and f"expected [{inter + 2}, " in line, line
