@@ -1,15 +1,17 @@
 #include "peft/lora_adapters.h"
 
-#include <regex>
+#include <optional>
 
 #include "io/input_error.h"
+#include "peft/target_regex.h"
 
 namespace gemma {
 
 namespace {
 
-bool is_target(const std::string& path, const AdapterSpec& spec, const std::regex* pattern) {
-  if (pattern != nullptr) return std::regex_match(path, *pattern);
+bool is_target(const std::string& path, const AdapterSpec& spec,
+               const std::optional<TargetRegex>& pattern) {
+  if (pattern) return pattern->full_match(path);
   for (const std::string& t : spec.target_modules) {
     if (path == t || (path.size() > t.size() &&
                       path.compare(path.size() - t.size() - 1, t.size() + 1, "." + t) == 0)) {
@@ -38,18 +40,12 @@ std::vector<std::pair<std::string, LoraLinearImpl*>> lora_adapters(Gemma4ForCaus
 }
 
 std::vector<std::string> attach_adapters(Gemma4ForCausalLM& model, const AdapterSpec& spec) {
-  std::unique_ptr<std::regex> pattern;
-  if (!spec.target_regex.empty()) {
-    try {
-      pattern = std::make_unique<std::regex>(spec.target_regex);
-    } catch (const std::regex_error& e) {
-      throw InputError("target_modules regex \"" + spec.target_regex + "\": " + e.what());
-    }
-  }
+  std::optional<TargetRegex> pattern;
+  if (!spec.target_regex.empty()) pattern.emplace(spec.target_regex, "target_modules");
   // Collect first: attaching registers new submodules, which would change the walk.
   std::vector<std::pair<std::string, LinearImpl*>> targets;
   for (const auto& [path, linear] : projections(model)) {
-    if (linear->adapter() == nullptr && is_target(path, spec, pattern.get()))
+    if (linear->adapter() == nullptr && is_target(path, spec, pattern))
       targets.emplace_back(path, linear);
   }
   if (targets.empty()) throw InputError("no module matches the adapter's target_modules");

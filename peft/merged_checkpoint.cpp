@@ -5,6 +5,7 @@
 
 #include "io/atomic_output.h"
 #include "io/bnb_nf4_format.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 #include "io/safetensors.h"
 #include "io/string_match.h"
@@ -136,9 +137,9 @@ void write_merged_checkpoint(const MergedCheckpoint& checkpoint, const fs::path&
   const fs::path config_path = checkpoint.dir() / "config.json";
   nlohmann::json config;
   try {
-    config = nlohmann::json::parse(read_text_file(config_path));
+    config = parse_bounded_json(read_text_file(config_path), config_path.string());
   } catch (const nlohmann::json::exception& e) {
-    throw InputError(config_path.string() + ": not valid JSON: " + e.what());
+    throw InputError(config_path.string() + ": not valid JSON: " + json_error_detail(e));
   }
   config.erase("quantization_config");
   const std::string dtype_name = dtype == torch::kBFloat16  ? "bfloat16"

@@ -5,13 +5,13 @@
 #include <charconv>
 #include <cmath>
 #include <functional>
-#include <regex>
 #include <set>
 #include <system_error>
 
 #include <yaml-cpp/yaml.h>
 
 #include "io/input_error.h"
+#include "peft/target_regex.h"
 
 namespace gemma {
 namespace {
@@ -331,35 +331,30 @@ Field quant_type_field() {
 }
 
 Field target_modules_field() {
-  return {
-      "peft", "target_modules", kAllMethods,
-      [](const Value& v, const std::string& file, Recipe& r) {
-        TargetModules t;  // null: PEFT's default for the architecture
-        if (v.node.IsScalar() && v.node.Scalar() == "all-linear") {
-          t.form = TargetModules::Form::kAllLinear;
-          t.names.clear();
-        } else if (v.node.IsScalar()) {
-          t.form = TargetModules::Form::kRegex;
-          t.names.clear();
-          t.regex = v.node.Scalar();
-          try {
-            std::regex check(t.regex);
-          } catch (const std::regex_error& e) {
-            refuse(v, std::string("a module name list or a regular expression (") + e.what() + ")");
-          }
-        } else if (!v.node.IsNull()) {
-          if (!v.node.IsSequence())
-            refuse(v, "a list of module names, a regular expression or \"all-linear\"");
-          t.names = read_names(v, file, "a module name");
-        }
-        r.peft.target_modules = t;
-      },
-      [](const Recipe& r) {
-        const TargetModules& t = r.peft.target_modules;
-        if (t.form == TargetModules::Form::kAllLinear) return std::string("\"all-linear\"");
-        if (t.form == TargetModules::Form::kRegex) return yaml_quoted(t.regex);
-        return yaml_text(t.names);
-      }};
+  return {"peft", "target_modules", kAllMethods,
+          [](const Value& v, const std::string& file, Recipe& r) {
+            TargetModules t;  // null: PEFT's default for the architecture
+            if (v.node.IsScalar() && v.node.Scalar() == "all-linear") {
+              t.form = TargetModules::Form::kAllLinear;
+              t.names.clear();
+            } else if (v.node.IsScalar()) {
+              t.form = TargetModules::Form::kRegex;
+              t.names.clear();
+              t.regex = v.node.Scalar();
+              check_target_regex(t.regex, v.where + ": " + v.key);
+            } else if (!v.node.IsNull()) {
+              if (!v.node.IsSequence())
+                refuse(v, "a list of module names, a regular expression or \"all-linear\"");
+              t.names = read_names(v, file, "a module name");
+            }
+            r.peft.target_modules = t;
+          },
+          [](const Recipe& r) {
+            const TargetModules& t = r.peft.target_modules;
+            if (t.form == TargetModules::Form::kAllLinear) return std::string("\"all-linear\"");
+            if (t.form == TargetModules::Form::kRegex) return yaml_quoted(t.regex);
+            return yaml_text(t.names);
+          }};
 }
 
 Field modules_to_save_field() {

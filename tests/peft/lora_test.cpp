@@ -2,8 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <set>
 
+#include "io/input_error.h"
+#include "peft/target_regex.h"
 #include "tests/model/test_models.h"
 
 namespace gemma {
@@ -47,6 +50,90 @@ TEST(LoraAdapters, TargetsOnlyProjectionsThatExist) {
   spec.target_regex = R"(model\.layers\.\d+\.self_attn\.(k|v)_proj)";
   const auto kv_paths = attach_adapters(k_eq_v, spec);
   EXPECT_EQ(kv_paths.size(), 6u + 4u);  // k everywhere, v only on the 4 sliding layers
+}
+
+// The InputError a pattern gets, or "" when it compiles.
+std::string regex_error(const std::string& pattern) {
+  try {
+    check_target_regex(pattern, "--target-regex");
+  } catch (const InputError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Each expectation is what Python 3.11's re.fullmatch(pattern, path) (PEFT 0.21.2's
+// match_target_against_key) gives.
+TEST(TargetRegex, MatchesAsPythonReFullmatch) {
+  const struct {
+    const char* pattern;
+    const char* path;
+    bool matches;
+  } cases[] = {
+      {R"(model\.layers\.\d+\.self_attn\.(k|v)_proj)", "model.layers.12.self_attn.k_proj", true},
+      {R"(model\.layers\.\d+\.self_attn\.(k|v)_proj)", "model.layers.12.self_attn.k_proj.x", false},
+      {R"(.*(q|v)_proj)", "model.layers.0.self_attn.q_proj", true},
+      {"q_proj", "model.layers.0.self_attn.q_proj", false},  // the whole path, not a suffix
+      {R"(.*\.layers\.[0-3]\..*)", "model.layers.3.mlp.up_proj", true},
+      {R"(.*\.layers\.[0-3]\..*)", "model.layers.13.mlp.up_proj", false},
+      {"a|ab", "ab", true},  // full match tries every alternative, not the first that matches
+      {R"((?i)MODEL\..*)", "model.x", true},
+      {R"(.*q_proj$)", "a.q_proj", true},
+      {"(a+)+$", "aaaa", true},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(std::string(c.pattern) + " on " + c.path);
+    EXPECT_EQ(TargetRegex(c.pattern, "test").full_match(c.path), c.matches);
+  }
+}
+
+// Backtracking engines take exponential time on these (std::regex needs a second for (a+)+$ on 24
+// a's, and 12 times as long for every 4 more); RE2 is linear in the path.
+TEST(TargetRegex, CatastrophicPatternsMatchInLinearTime) {
+  const std::string as(100000, 'a');
+  const std::string path = "model.layers.0.self_attn.q_proj." + as;
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(TargetRegex("(a+)+$", "test").full_match(as + "b"));
+  EXPECT_TRUE(TargetRegex("(a+)+$", "test").full_match(as));
+  EXPECT_FALSE(TargetRegex("(.*)*x", "test").full_match(path));
+  EXPECT_FALSE(TargetRegex("([a-z_.0-9]+)+x", "test").full_match(path));
+  EXPECT_TRUE(TargetRegex("(([a-z_.0-9]+)+)*", "test").full_match(path));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_LT(seconds, 1.0);
+}
+
+TEST(TargetRegex, RefusesWhatRe2CannotDoByName) {
+  const std::string backref = regex_error(R"((q|k)_proj\.\1)");
+  EXPECT_EQ(backref.rfind("--target-regex: regular expression \"(q|k)_proj\\\\.\\\\1\"", 0), 0u)
+      << backref;
+  EXPECT_NE(backref.find("invalid escape sequence"), std::string::npos) << backref;
+  EXPECT_NE(backref.find("no backreferences, lookarounds"), std::string::npos) << backref;
+  EXPECT_NE(regex_error("q(?=_proj)").find("invalid perl operator"), std::string::npos);
+  EXPECT_NE(regex_error("(?<=self_attn\\.)q_proj").find("lookarounds"), std::string::npos);
+  EXPECT_NE(regex_error("(q_proj").find("missing )"), std::string::npos);
+  // Python's re reads {,3} as {0,3}, RE2 as text: refused rather than matched differently.
+  EXPECT_NE(regex_error("model.layers.1{,3}.*").find("write {0,n}"), std::string::npos);
+  EXPECT_EQ(regex_error("model.layers.1{0,3}.*"), "");
+  EXPECT_EQ(regex_error(R"(x\{,3}|[{,3}])"), "");  // escaped or in a class: text in both
+  const std::string long_pattern(kMaxTargetRegexBytes + 1, 'a');
+  EXPECT_NE(regex_error(long_pattern).find("over the limit of 4096"), std::string::npos);
+  EXPECT_EQ(regex_error(std::string(kMaxTargetRegexBytes, 'a')), "");
+  // A newline in a pattern stays escaped, so the message is one line.
+  EXPECT_EQ(regex_error("(\nq").find('\n'), std::string::npos);
+
+  // attach_adapters refuses it before touching the model.
+  Gemma4ForCausalLM model = random_model(bundled_config("tiny-e2b"), 1);
+  AdapterSpec spec;
+  spec.target_regex = R"((q)\1_proj)";
+  try {
+    attach_adapters(model, spec);
+    ADD_FAILURE() << "a backreference was accepted";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("target_modules: regular expression"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(lora_adapters(model).empty());
 }
 
 // Base + adapter equals the dense model whose weights carry the adapter (LoRA: W + sBA; DoRA:

@@ -314,3 +314,79 @@ def test_config_sizes_and_tensor_shapes_are_checked_before_use(gemma_train, tiny
                          f"[{inter}, {config['hidden_size']}], expected [{inter + 2}, {config['hidden_size']}]"), line
     line = input_error_line(gemma_train, logits_args(wide, tmp_path))
     assert "mlp." in line and f"expected [{inter + 2}, " in line, line
+
+
+# ---- Target regexes through RE2, and adapter_config.json keys gemma-train does not implement.
+
+def test_catastrophic_target_regex_finishes(gemma_train, tiny, tmp_path):
+    """A pattern a backtracking engine takes exponential time on (std::regex, Python's re) is
+    matched by RE2 in time linear in each module path: the command ends in seconds, saying no
+    module matches; one RE2 cannot compile is refused naming the regex."""
+    import time
+    for pattern in ["(a+)+$", "([a-z_.0-9]+)+x", "(.*)*x"]:
+        start = time.monotonic()
+        expect_error(gemma_train, ["adapter", "--model", tiny, "--out", tmp_path / "a", "--target-regex", pattern],
+                     "no module matches")
+        assert time.monotonic() - start < 20, pattern
+    line = expect_error(gemma_train, ["adapter", "--model", tiny, "--out", tmp_path / "a", "--target-regex",
+                                      r"(q|k)_proj\.\1"], "cannot be used: invalid escape sequence")
+    assert "no backreferences, lookarounds" in line, line
+    assert not (tmp_path / "a").exists()
+
+
+def peft_adapter_folder(gemma_train, tiny, out, **config):
+    """A fresh gemma-train adapter folder whose adapter_config.json gets `config`'s keys."""
+    run(gemma_train, "adapter", "--model", tiny, "--out", out, "--r", "4")
+    path = out / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **config}))
+    return out
+
+
+def test_unsupported_adapter_config_keys_are_refused(gemma_train, tiny, tmp_path):
+    adapter = peft_adapter_folder(gemma_train, tiny, tmp_path / "layers", layers_to_transform=[0])
+    args = ["logits", "--model", tiny, "--ids", "1,2", "--out", tmp_path / "x.bin", "--adapter", adapter]
+    proc = subprocess.run(list(map(str, [gemma_train, *args])), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2, proc
+    assert proc.stderr.strip() == (
+        f"gemma-train: error: {adapter / 'adapter_config.json'}: key \"layers_to_transform\" is not supported (gemma-train applies "
+        "the adapter to every matching layer); remove it or set it to null"), proc.stderr
+    assert not (tmp_path / "x.bin").exists()
+    for key, value in [("rank_pattern", {"q_proj": 8}), ("modules_to_save", ["lm_head"]), ("lora_bias", True),
+                       ("init_lora_weights", "pissa")]:
+        adapter = peft_adapter_folder(gemma_train, tiny, tmp_path / key, **{key: value})
+        expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", tmp_path / "x.bin",
+                                   "--adapter", adapter], f"key \"{key}\"")
+    # A string target_modules is RE2's too: a catastrophic one ends at once.
+    adapter = peft_adapter_folder(gemma_train, tiny, tmp_path / "regex", target_modules="([a-z_.0-9]+)+x")
+    expect_error(gemma_train, ["logits", "--model", tiny, "--ids", "1,2", "--out", tmp_path / "x.bin",
+                               "--adapter", adapter], "no module matches")
+
+
+def test_fan_in_fan_out_on_linear_layers_loads_as_peft_loads_it(gemma_train, tiny, tmp_path):
+    """fan_in_fan_out is for GPT-2's Conv1D; on nn.Linear PEFT sets it back to false when it loads
+    the adapter, so a config saying true gives PEFT's logits here too."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import Gemma4ForCausalLM
+    from conftest import relative_error
+
+    def base():
+        return Gemma4ForCausalLM.from_pretrained(tiny, dtype=torch.float32).eval()
+
+    torch.manual_seed(0)
+    model = get_peft_model(base(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                              init_lora_weights=False))
+    model.save_pretrained(tmp_path / "peft")
+    path = tmp_path / "peft" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "fan_in_fan_out": True}))
+    ids = [2, 5, 9, 11, 17, 3]
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(base(), tmp_path / "peft")(input_ids=torch.tensor([ids])).logits[0]
+    out = tmp_path / "ours.bin"
+    run(gemma_train, "logits", "--model", tiny, "--ids", ",".join(map(str, ids)), "--out", out,
+        "--dtype", "f32", "--adapter", tmp_path / "peft")
+    ours = np.fromfile(out, dtype="<f4").reshape(len(ids), -1)
+    assert relative_error(ours, expected.float().numpy()) < 1e-4
+    plain = tmp_path / "plain.bin"
+    run(gemma_train, "logits", "--model", tiny, "--ids", ",".join(map(str, ids)), "--out", plain, "--dtype", "f32")
+    assert relative_error(ours, np.fromfile(plain, dtype="<f4").reshape(len(ids), -1)) > 1e-3  # it matters

@@ -438,6 +438,28 @@ TEST(RecipeErrors, RefusedChoicesSayWhy) {
              "recipe.yaml:8:20: peft.modules_to_save: not supported");
 }
 
+// A string target_modules is compiled by RE2 when the recipe is read: what RE2 cannot do
+// (backreferences, lookarounds) or cannot parse is refused there, naming the key; a pattern a
+// backtracking engine would take forever on is read at once.
+TEST(RecipeErrors, TargetRegexesRe2CannotUseAreRefused) {
+  const std::string backref =
+      load_error(std::string(kMinimal) + "peft:\n  target_modules: '(q|v)_proj\\.\\1'\n");
+  EXPECT_HAS(backref,
+             "recipe.yaml:8:19: peft.target_modules: regular expression "
+             "\"(q|v)_proj\\\\.\\\\1\" cannot be used: invalid escape sequence");
+  EXPECT_HAS(backref, "no backreferences, lookarounds");
+  EXPECT_HAS(load_error(std::string(kMinimal) + "peft:\n  target_modules: 'q_proj(?!x)'\n"),
+             "peft.target_modules: regular expression \"q_proj(?!x)\" cannot be used: invalid "
+             "perl operator");
+  EXPECT_HAS(load_error(kMinimal, {"peft.target_modules=(q_proj"}),
+             "--set peft.target_modules=(q_proj: peft.target_modules: regular expression "
+             "\"(q_proj\" cannot be used: missing )");
+  EXPECT_HAS(load_error(std::string(kMinimal) +
+                        "peft:\n  target_modules: " + std::string(5000, 'a') + "\n"),
+             "bytes long, over the limit of 4096");
+  EXPECT_EQ(load_error(std::string(kMinimal) + "peft:\n  target_modules: '(a+)+$'\n"), "");
+}
+
 TEST(RecipeErrors, MalformedYamlGivesYamlCppsMark) {
   const std::string e = load_error("model:\n  name_or_path: [unclosed\ntraining:\n");
   EXPECT_HAS(e, "recipe.yaml:");
