@@ -1,21 +1,15 @@
 // libFuzzer target: bytes -> safetensors file -> SafetensorsFile (header validation) -> every view.
-#include <unistd.h>
-
 #include <cstddef>
 #include <cstdint>
-#include <fstream>
-#include <string>
+#include <string_view>
 
 #include "io/input_error.h"
 #include "io/safetensors.h"
+#include "tests/fuzz/fuzz_scratch_folder.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  static const std::string path =
-      "/tmp/fuzz_safetensors_" + std::to_string(::getpid()) + ".safetensors";
-  {
-    std::ofstream out(path, std::ios::binary | std::ios::trunc);
-    out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
-  }
+  const auto path = gemma_fuzz::write_scratch_file(
+      "fuzz.safetensors", std::string_view(reinterpret_cast<const char*>(data), size));
   try {
     gemma::SafetensorsFile file(path);
     for (const auto& name : file.names()) (void)file.view(name).sum();
