@@ -122,8 +122,9 @@ int run_logits_command(const CliFlags& flags) {
               << " to " << *trace_dir << "\n";
   }
   const auto t2 = std::chrono::steady_clock::now();
-  write_file_atomically(out, std::string(static_cast<const char*>(logits.data_ptr()),
-                                         logits.numel() * sizeof(float)));
+  write_file_atomically(
+      out, std::string(static_cast<const char*>(logits.data_ptr()), logits.numel() * sizeof(float)),
+      flags.existing_output());
   const auto ms = [](auto a, auto b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
   };
