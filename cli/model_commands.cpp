@@ -21,6 +21,7 @@
 #include "model/linear.h"
 #include "peft/merged_checkpoint.h"
 #include "peft/peft_adapter.h"
+#include "peft/target_regex.h"
 
 namespace gemma {
 namespace fs = std::filesystem;
@@ -171,6 +172,7 @@ int run_adapter_command(const CliFlags& flags) {
     }
   }
   spec.target_regex = flags.value("target-regex");
+  if (!spec.target_regex.empty()) check_target_regex(spec.target_regex, "--target-regex");
   if (fs::exists(out))
     throw InputError(out.string() + ": output folder already exists; choose a new path");
 

@@ -3,6 +3,9 @@
 #include <limits>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <type_traits>
 
 #include "io/bounded_json.h"
 #include "io/input_error.h"
@@ -24,14 +27,31 @@ size_t utf8_length(const std::string& s) {
   return n;
 }
 
-// The normalizer must replace " " with "▁" (directly, or inside a Sequence) and do nothing else.
-bool is_gemma_normalizer(const json& n) {
-  if (n.is_null()) return false;
-  if (n.value("type", "") == "Replace") {
-    const json& pattern = n.value("pattern", json::object());
-    return pattern.value("String", "") == " " && n.value("content", "") == "\u2581";
+// Reads an optional field of an object without trusting its type: absent (or `obj` not an
+// object) gives `fallback`; present with another type gives nullopt for the caller to refuse.
+template <typename T>
+std::optional<T> field_or(const json& obj, const char* key, T fallback) {
+  if (!obj.is_object() || !obj.contains(key) || obj[key].is_null()) return fallback;
+  const json& v = obj[key];
+  if constexpr (std::is_same_v<T, bool>) {
+    if (!v.is_boolean()) return std::nullopt;
+  } else {
+    if (!v.is_string()) return std::nullopt;
   }
-  if (n.value("type", "") == "Sequence" && n.contains("normalizers") &&
+  return v.get<T>();
+}
+
+// The normalizer must replace " " with "▁" (directly, or inside a Sequence) and do nothing
+// else. Any other shape, including fields of the wrong type, is "not Gemma's".
+bool is_gemma_normalizer(const json& n) {
+  if (!n.is_object()) return false;
+  const auto type = field_or<std::string>(n, "type", "");
+  if (type == "Replace") {
+    const json pattern = n.contains("pattern") ? n["pattern"] : json::object();
+    return field_or<std::string>(pattern, "String", "") == " " &&
+           field_or<std::string>(n, "content", "") == "\u2581";
+  }
+  if (type == "Sequence" && n.contains("normalizers") && n["normalizers"].is_array() &&
       n["normalizers"].size() == 1) {
     return is_gemma_normalizer(n["normalizers"][0]);
   }
@@ -48,11 +68,13 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
     throw InputError(where + ": expected an object with a \"model\" object");
   }
   const json& model = root["model"];
-  if (model.value("type", "") != "BPE") {
-    throw InputError(where + ": model.type is \"" + model.value("type", "") +
+  const auto model_type = field_or<std::string>(model, "type", "");
+  if (!model_type) throw InputError(where + ": model.type is not a string");
+  if (*model_type != "BPE") {
+    throw InputError(where + ": model.type is \"" + error_excerpt(*model_type) +
                      "\", expected \"BPE\" (Gemma's tokenizer)");
   }
-  if (!is_gemma_normalizer(root.value("normalizer", json()))) {
+  if (!is_gemma_normalizer(root.contains("normalizer") ? root["normalizer"] : json())) {
     throw InputError(where +
                      ": normalizer is not Replace(\" \", \"\u2581\"): not a Gemma tokenizer.json");
   }
@@ -63,7 +85,8 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
   std::map<std::string, int64_t> id_of;
   for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
     if (!it->is_number_integer() || it->get<int64_t>() < 0) {
-      throw InputError(where + ": model.vocab[\"" + it.key() + "\"] is not a non-negative id");
+      throw InputError(where + ": model.vocab[\"" + error_excerpt(it.key()) +
+                       "\"] is not a non-negative id");
     }
     const int64_t id = it->get<int64_t>();
     if (!by_id.emplace(id, it.key()).second)
@@ -84,10 +107,16 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
         by_id[id] = content;
         id_of[content] = id;
       } else if (known->second != content) {
-        throw InputError(where + ": added token id " + std::to_string(id) + " is \"" + content +
-                         "\" but the vocab has \"" + known->second + "\" there");
+        throw InputError(where + ": added token id " + std::to_string(id) + " is \"" +
+                         error_excerpt(content) + "\" but the vocab has \"" +
+                         error_excerpt(known->second) + "\" there");
       }
-      added_special[id] = t.value("special", false);
+      const auto special = field_or<bool>(t, "special", false);
+      if (!special) {
+        throw InputError(where + ": added token id " + std::to_string(id) +
+                         ": \"special\" is not true or false");
+      }
+      added_special[id] = *special;
     }
   }
   if (by_id.empty()) throw InputError(where + ": empty vocabulary");
@@ -107,7 +136,7 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
         const std::string s = m.get<std::string>();
         const size_t space = s.find(' ');
         if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos) {
-          throw InputError(where + ": merge " + std::to_string(rank) + " \"" + s +
+          throw InputError(where + ": merge " + std::to_string(rank) + " \"" + error_excerpt(s) +
                            "\" is not \"left right\"");
         }
         left = s.substr(0, space);
@@ -121,8 +150,9 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
       }
       const auto result = id_of.find(left + right);
       if (!id_of.count(left) || !id_of.count(right) || result == id_of.end()) {
-        throw InputError(where + ": merge " + std::to_string(rank) + " (\"" + left + "\", \"" +
-                         right + "\") uses or makes a piece that is not in the vocabulary");
+        throw InputError(where + ": merge " + std::to_string(rank) + " (\"" + error_excerpt(left) +
+                         "\", \"" + error_excerpt(right) +
+                         "\") uses or makes a piece that is not in the vocabulary");
       }
       rank_of_result.emplace(result->second, rank);  // keeps the first (best) rank
       ++rank;
@@ -130,9 +160,12 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
   }
 
   SentencePieceModelSpec spec;
-  spec.byte_fallback = model.value("byte_fallback", false);
-  const std::string unk =
-      model.value("unk_token", json()).is_string() ? model["unk_token"].get<std::string>() : "";
+  const auto byte_fallback = field_or<bool>(model, "byte_fallback", false);
+  if (!byte_fallback) throw InputError(where + ": model.byte_fallback is not true or false");
+  spec.byte_fallback = *byte_fallback;
+  const auto unk_token = field_or<std::string>(model, "unk_token", "");
+  if (!unk_token) throw InputError(where + ": model.unk_token is not a string or null");
+  const std::string unk = *unk_token;
   spec.unk_id = -1;
   spec.pieces.resize(static_cast<size_t>(n));
   for (const auto& [id, piece] : by_id) {

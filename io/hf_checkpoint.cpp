@@ -1,5 +1,4 @@
 #include "io/hf_checkpoint.h"
-#include "io/bounded_json.h"
 
 #include <cstdio>
 #include <fstream>
@@ -8,6 +7,7 @@
 #include <sstream>
 
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 #include "io/string_match.h"
 
@@ -29,25 +29,32 @@ HfCheckpointReader::HfCheckpointReader(const fs::path& dir) {
     std::map<std::string, size_t> shard_index;
     for (auto it = index["weight_map"].begin(); it != index["weight_map"].end(); ++it) {
       if (!it->is_string())
-        throw InputError(where + ": weight_map[\"" + it.key() + "\"] is not a file name");
+        throw InputError(where + ": weight_map[\"" + error_excerpt(it.key()) +
+                         "\"] is not a file name");
       const std::string name = it->get<std::string>();
       // Shards live beside the index: a path that leaves the folder is refused.
       if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
-        throw InputError(where + ": weight_map[\"" + it.key() + "\"] names \"" + name +
-                         "\", not a file in the checkpoint folder");
+        throw InputError(where + ": weight_map[\"" + error_excerpt(it.key()) + "\"] names \"" +
+                         error_excerpt(name) + "\", not a file in the checkpoint folder");
       }
       auto found = shard_index.find(name);
       if (found == shard_index.end()) {
-        if (!fs::exists(dir / name)) {
-          throw InputError(where + ": shard \"" + name + "\" (for \"" + it.key() +
-                           "\") does not exist");
+        std::error_code error;
+        const fs::file_status shard = fs::status(dir / name, error);
+        if (!fs::exists(shard)) {
+          // ENAMETOOLONG and the like are reported as "cannot be read", not thrown.
+          const std::string why = error && error != std::errc::no_such_file_or_directory
+                                      ? "cannot be read: " + error.message()
+                                      : std::string("does not exist");
+          throw InputError(where + ": shard \"" + error_excerpt(name) + "\" (for \"" +
+                           error_excerpt(it.key()) + "\") " + why);
         }
         files_.push_back(std::make_unique<SafetensorsFile>(dir / name));
         found = shard_index.emplace(name, files_.size() - 1).first;
       }
       if (!files_[found->second]->contains(it.key())) {
-        throw InputError(where + ": \"" + it.key() + "\" is listed in shard \"" + name +
-                         "\" but that file has no such tensor");
+        throw InputError(where + ": \"" + error_excerpt(it.key()) + "\" is listed in shard \"" +
+                         error_excerpt(name) + "\" but that file has no such tensor");
       }
       file_of_[it.key()] = found->second;
     }

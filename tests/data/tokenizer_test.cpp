@@ -150,5 +150,37 @@ TEST(Tokenizer, MissingOrCorruptFilesAreClearErrors) {
   }
 }
 
+// Fields of the wrong type are errors naming the field, never a JSON library exception (the
+// fuzzer found type.errors escaping from "model.type": 1 and "normalizer": []).
+TEST(Tokenizer, FieldsOfTheWrongTypeAreClearErrors) {
+  const std::string normalizer =
+      R"("normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"})";
+  const std::string vocab = R"("vocab": {"<unk>": 0, "a": 1})";
+  const struct {
+    std::string json, needle;
+  } cases[] = {
+      {R"({"model": {"type": 1}})", "model.type is not a string"},
+      {R"({"normalizer": [], "model": {"type": "BPE"}})", "normalizer is not Replace"},
+      {R"({"normalizer": {"type": 7}, "model": {"type": "BPE"}})", "normalizer is not Replace"},
+      {R"({"normalizer": {"type": "Replace", "pattern": "x"}, "model": {"type": "BPE"}})",
+       "normalizer is not Replace"},
+      {R"({"normalizer": {"type": "Sequence", "normalizers": {"a": 1}}, "model": {"type": "BPE"}})",
+       "normalizer is not Replace"},
+      {"{" + normalizer + R"(, "model": {"type": "BPE", "byte_fallback": "yes", )" + vocab + "}}",
+       "model.byte_fallback is not true or false"},
+      {"{" + normalizer + R"(, "model": {"type": "BPE", "unk_token": 3, )" + vocab + "}}",
+       "model.unk_token is not a string"},
+      {"{" + normalizer + R"(, "model": {"type": "BPE", )" + vocab +
+           R"(}, "added_tokens": [{"id": 1, "content": "a", "special": "no"}]})",
+       "\"special\" is not true or false"},
+  };
+  for (const auto& c : cases) {
+    ScratchFile f("tokenizer.json", c.json);
+    const std::string error = error_of([&] { Tokenizer::from_folder(f.dir()); });
+    EXPECT_NE(error.find(c.needle), std::string::npos) << c.json << "\n -> " << error;
+    EXPECT_NE(error.find("tokenizer.json"), std::string::npos) << error;
+  }
+}
+
 }  // namespace
 }  // namespace gemma

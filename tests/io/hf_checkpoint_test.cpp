@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 
 #include "io/input_error.h"
@@ -68,6 +70,18 @@ TEST(Checkpoint, RejectsBadIndexes) {
   write_safetensors(dir / "s.safetensors", {{"b", torch::ones({2})}});
   std::ofstream(dir / kCheckpointIndexFile) << R"({"weight_map": {"a": "s.safetensors"}})";
   expect_reader_error(dir.path(), "has no such tensor");
+}
+
+// A shard name the file system cannot take (over NAME_MAX) is an InputError, not a
+// filesystem_error; a FIFO in place of a shard is refused without blocking.
+TEST(Checkpoint, ShardNamesTheFileSystemRefusesAndFifos) {
+  ScratchDir dir;
+  const std::string long_name(5000, 'x');
+  std::ofstream(dir / kCheckpointIndexFile) << R"({"weight_map": {"a": ")" + long_name + R"("}})";
+  expect_reader_error(dir.path(), "cannot be read");
+  ASSERT_EQ(::mkfifo((dir / "pipe.safetensors").c_str(), 0600), 0);
+  std::ofstream(dir / kCheckpointIndexFile) << R"({"weight_map": {"a": "pipe.safetensors"}})";
+  expect_reader_error(dir.path(), "not a regular file");
 }
 
 }  // namespace

@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <fstream>
 
 #include "io/input_error.h"
@@ -82,6 +84,12 @@ TEST(Safetensors, RejectsTruncatedFile) {
   expect_rejected(dir / "cut.safetensors", "out of range");
   std::ofstream(dir / "tiny.safetensors", std::ios::binary) << "abc";
   expect_rejected(dir / "tiny.safetensors", "truncated");
+}
+
+TEST(Safetensors, RejectsAFifoWithoutBlocking) {
+  ScratchDir dir;
+  ASSERT_EQ(::mkfifo((dir / "p.safetensors").c_str(), 0600), 0);  // no writer: open would block
+  expect_rejected(dir / "p.safetensors", "not a regular file");
 }
 
 TEST(Safetensors, RejectsBadHeaderLength) {

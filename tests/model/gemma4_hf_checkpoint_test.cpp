@@ -235,6 +235,15 @@ TEST(Gemma4Checkpoint, LoadsIntoBf16WithTheSameLogitsToBf16Precision) {
   EXPECT_LT(relative_error(logits_of(bf16.model, ids), logits_of(model, ids)), 0.1);
 }
 
+// Every tensor of a checkpoint folder, copied out of the mapping (so the file can be rewritten).
+std::vector<std::pair<std::string, torch::Tensor>> cloned_tensors(
+    const std::filesystem::path& dir) {
+  HfCheckpointReader reader(dir);
+  std::vector<std::pair<std::string, torch::Tensor>> all;
+  for (const auto& key : reader.keys()) all.emplace_back(key, reader.view(key).clone());
+  return all;
+}
+
 std::string load_error(const std::filesystem::path& dir) {
   try {
     load_gemma4(dir);
@@ -303,9 +312,7 @@ TEST(Gemma4Checkpoint, UntiedLmHeadIsUsedWhenPresent) {
   Gemma4SaveOptions save;
   save.dtype = torch::kFloat32;
   save_gemma4(model, dir / "m", save);
-  HfCheckpointReader reader(dir / "m");
-  std::vector<std::pair<std::string, torch::Tensor>> all;
-  for (const auto& key : reader.keys()) all.emplace_back(key, reader.view(key).clone());
+  std::vector<std::pair<std::string, torch::Tensor>> all = cloned_tensors(dir / "m");
   all.emplace_back("lm_head.weight", torch::randn({c.vocab_size, c.hidden_size}));
   write_safetensors(dir / "m" / "model.safetensors", all);
   LoadedGemma4 loaded = load_gemma4(dir / "m");
@@ -333,11 +340,7 @@ TEST(Gemma4Checkpoint, SummaryChecksShapesAgainstTheConfig) {
   save.dtype = torch::kFloat32;
   save.text_only = true;
   save_gemma4(model, dir / "m", save);
-  std::vector<std::pair<std::string, torch::Tensor>> all;
-  {
-    HfCheckpointReader reader(dir / "m");
-    for (const auto& key : reader.keys()) all.emplace_back(key, reader.view(key).clone());
-  }
+  const std::vector<std::pair<std::string, torch::Tensor>> all = cloned_tensors(dir / "m");
   int64_t expected_total = 0;
   for (const Gemma4TensorInfo& info : gemma4_hf_checkpoint_layout(c)) {
     int64_t n = 1;

@@ -331,6 +331,7 @@ def test_catastrophic_target_regex_finishes(gemma_train, tiny, tmp_path):
     line = expect_error(gemma_train, ["adapter", "--model", tiny, "--out", tmp_path / "a", "--target-regex",
                                       r"(q|k)_proj\.\1"], "cannot be used: invalid escape sequence")
     assert "no backreferences, lookarounds" in line, line
+    assert "--target-regex: regular expression" in line, line  # named, and checked before loading
     assert not (tmp_path / "a").exists()
 
 
