@@ -17,6 +17,7 @@
 #include "cli/text_commands.h"
 #include "cli/train_command.h"
 #include "io/atomic_output.h"
+#include "io/bounded_json.h"
 #include "io/file_identity.h"
 #include "io/input_error.h"
 
@@ -367,6 +368,12 @@ int run_cli(std::vector<std::string> args) {
     return rc;
   } catch (const InputError& e) {
     std::cerr << "gemma-train: error: " << e.what() << "\n";
+    return 2;
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path the file system refuses (too long, no permission, a loop of links) is the user's to
+    // mend, like an InputError: exit 2, naming the path.
+    std::cerr << "gemma-train: error: " << error_excerpt(e.path1().string(), 200) << ": "
+              << e.code().message() << "\n";
     return 2;
   } catch (const c10::Error& e) {
     std::cerr << "gemma-train: internal error: " << e.what_without_backtrace() << "\n";

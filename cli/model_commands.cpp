@@ -15,6 +15,7 @@
 #include "io/hf_checkpoint.h"
 #include "io/input_error.h"
 #include "io/safetensors.h"
+#include "io/string_match.h"
 #include "model/forward_trace.h"
 #include "model/gemma4_config.h"
 #include "model/gemma4_hf_checkpoint.h"
@@ -31,8 +32,7 @@ namespace {
 // `--config` takes a file path or a bundled name ("e4b", "gemma-4-E4B-it", "tiny-e2b").
 Gemma4Config resolve_config(const std::string& spec) {
   if (fs::is_regular_file(spec)) return load_gemma4_config(spec);
-  std::string name = spec;
-  for (auto& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  std::string name = ascii_lower(spec);
   if (name.rfind("gemma-4-", 0) == 0) name = name.substr(8);
   if (name.size() > 3 && name.compare(name.size() - 3, 3, "-it") == 0) name.resize(name.size() - 3);
   if (const auto text = bundled_config_json(name))

@@ -172,8 +172,6 @@ void parse_template_columns(const json& row, const std::string& where, DatasetRo
     if (tools.is_string()) {  // TRL: json.loads when the column holds JSON text
       try {
         tools = parse_bounded_json(tools.get<std::string>(), where + ": \"tools\"");
-      } catch (const RowError&) {
-        throw;
       } catch (const InputError& e) {  // nested too deep
         throw RowError(RowProblem::kMistypedField, e.what());
       } catch (const json::exception&) {

@@ -41,6 +41,23 @@ std::optional<T> field_or(const json& obj, const char* key, T fallback) {
   return v.get<T>();
 }
 
+// The largest token id: ids are int32 in the SentencePiece model and in every tensor of ids.
+constexpr int64_t kMaxTokenId = std::numeric_limits<int32_t>::max() - 1;
+
+// A token id: an integer from 0 to kMaxTokenId (negative and unsigned-overflowing ones refused).
+std::optional<int64_t> token_id(const json& v) {
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (u <= static_cast<uint64_t>(kMaxTokenId)) return static_cast<int64_t>(u);
+    return std::nullopt;
+  }
+  if (v.is_number_integer()) {
+    const auto i = v.get<int64_t>();
+    if (i >= 0 && i <= kMaxTokenId) return i;
+  }
+  return std::nullopt;
+}
+
 // The normalizer must replace " " with "▁" (directly, or inside a Sequence) and do nothing
 // else. Any other shape, including fields of the wrong type, is "not Gemma's".
 bool is_gemma_normalizer(const json& n) {
@@ -84,11 +101,12 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
   std::map<int64_t, std::string> by_id;
   std::map<std::string, int64_t> id_of;
   for (auto it = model["vocab"].begin(); it != model["vocab"].end(); ++it) {
-    if (!it->is_number_integer() || it->get<int64_t>() < 0) {
+    const auto vocab_id = token_id(*it);
+    if (!vocab_id) {
       throw InputError(where + ": model.vocab[\"" + error_excerpt(it.key()) +
-                       "\"] is not a non-negative id");
+                       "\"] is not an id from 0 to " + std::to_string(kMaxTokenId));
     }
-    const int64_t id = it->get<int64_t>();
+    const int64_t id = *vocab_id;
     if (!by_id.emplace(id, it.key()).second)
       throw InputError(where + ": id " + std::to_string(id) + " is used twice");
     id_of[it.key()] = id;
@@ -96,11 +114,12 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
   std::map<int64_t, bool> added_special;
   if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
     for (const json& t : root["added_tokens"]) {
-      if (!t.is_object() || !t.contains("id") || !t["id"].is_number_integer() ||
-          !t.contains("content") || !t["content"].is_string()) {
-        throw InputError(where + ": added_tokens entries need an integer id and a string content");
+      const auto added_id = t.is_object() && t.contains("id") ? token_id(t["id"]) : std::nullopt;
+      if (!added_id || !t.contains("content") || !t["content"].is_string()) {
+        throw InputError(where + ": added_tokens entries need an id from 0 to " +
+                         std::to_string(kMaxTokenId) + " and a string content");
       }
-      const int64_t id = t["id"].get<int64_t>();
+      const int64_t id = *added_id;
       const std::string content = t["content"].get<std::string>();
       const auto known = by_id.find(id);
       if (known == by_id.end()) {
@@ -120,8 +139,8 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
     }
   }
   if (by_id.empty()) throw InputError(where + ": empty vocabulary");
-  const int64_t n = by_id.rbegin()->first + 1;
-  if (static_cast<int64_t>(by_id.size()) != n || n > std::numeric_limits<int32_t>::max()) {
+  const int64_t n = by_id.rbegin()->first + 1;  // ids are at most kMaxTokenId: no overflow
+  if (static_cast<int64_t>(by_id.size()) != n) {
     throw InputError(where + ": ids are not 0.." + std::to_string(n - 1) + " without gaps");
   }
 

@@ -1,8 +1,8 @@
 #include "io/bnb_nf4_format.h"
-#include "io/bounded_json.h"
 
 #include <sstream>
 
+#include "io/bounded_json.h"
 #include "io/input_error.h"
 
 namespace gemma {
@@ -16,6 +16,10 @@ constexpr const char* kQuantMap = ".quant_map";
 constexpr const char* kNestedAbsmax = ".nested_absmax";
 constexpr const char* kNestedQuantMap = ".nested_quant_map";
 constexpr const char* kQuantState = ".quant_state.bitsandbytes__nf4";
+// bitsandbytes quantizes in blocks of 32 to 4096 values; the element bound is the one
+// config.json's tensors are held to (model/gemma4_config.h).
+constexpr int64_t kMaxNf4BlockSize = 4096;
+constexpr int64_t kMaxNf4Elements = int64_t{1} << 36;
 
 std::string dtype_name(torch::ScalarType t) {
   switch (t) {
@@ -86,13 +90,8 @@ Nf4Weight read_bnb_nf4(const HfCheckpointReader& reader, const std::string& weig
   if (state_bytes.scalar_type() != torch::kUInt8)
     throw InputError(at + ": quant_state is not U8 bytes");
   const std::string text(static_cast<const char*>(state_bytes.data_ptr()), state_bytes.numel());
-  json state;
-  try {
-    state = parse_bounded_json(text, at + ": quant_state");
-  } catch (const json::exception& e) {
-    throw InputError(at + ": quant_state is not valid JSON: " + json_error_detail(e));
-  }
-  if (!state.is_object() || state.value("quant_type", "") != "nf4") {
+  const json state = parse_json_input(text, at + ": quant_state");
+  if (!state.is_object() || !state.contains("quant_type") || state["quant_type"] != "nf4") {
     throw InputError(at + ": quant_state quant_type is not \"nf4\"");
   }
   Nf4Weight w;
@@ -108,8 +107,18 @@ Nf4Weight read_bnb_nf4(const HfCheckpointReader& reader, const std::string& weig
     throw InputError(at + ": quant_state lacks or mistypes a field (" + std::string(e.what()) +
                      ")");
   }
-  if (w.blocksize <= 0 || w.blocksize % 2 != 0)
-    throw InputError(at + ": blocksize must be even and positive");
+  if (w.blocksize <= 0 || w.blocksize % 2 != 0 || w.blocksize > kMaxNf4BlockSize)
+    throw InputError(at + ": blocksize must be even, from 2 to " +
+                     std::to_string(kMaxNf4BlockSize));
+  // The shape sizes what is read next: each dimension positive, the product bounded (and so
+  // no overflow in the block counts below).
+  int64_t elements = 1;
+  for (const int64_t d : w.shape) {
+    if (d <= 0 || d > kMaxNf4Elements || elements > kMaxNf4Elements / d)
+      throw InputError(at + ": quant_state shape " + shape_text(w.shape) +
+                       " has a dimension below 1 or more than 2^36 elements");
+    elements *= d;
+  }
   // The packed bytes may be stored in another dtype (quant_storage): view them as uint8.
   w.packed = reader.view(weight_key).contiguous().view(torch::kUInt8).reshape({-1, 1});
   w.absmax_codes = reader.view(weight_key + kAbsmax).contiguous();

@@ -20,13 +20,36 @@ constexpr int kMaxJsonDepth = 128;
 // The longest excerpt of an input an error message quotes.
 constexpr size_t kMaxErrorExcerptBytes = 60;
 
-// `text` cut to a short excerpt for an error message: at most kMaxErrorExcerptBytes bytes, cut at
-// a UTF-8 character boundary, with "..." when cut.
+// `text` cut to a short excerpt for an error message: at most kMaxErrorExcerptBytes bytes of it,
+// cut at a UTF-8 character boundary, with "..." when cut; control characters written as \n, \t,
+// \r or \xNN so that the message stays one line.
 inline std::string error_excerpt(std::string_view text, size_t max_bytes = kMaxErrorExcerptBytes) {
-  if (text.size() <= max_bytes) return std::string(text);
-  size_t end = max_bytes;
-  while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
-  return std::string(text.substr(0, end)) + "...";
+  size_t end = text.size();
+  if (end > max_bytes) {
+    end = max_bytes;
+    while (end > 0 && (static_cast<unsigned char>(text[end]) & 0xC0) == 0x80) --end;
+  }
+  std::string out;
+  out.reserve(end + 3);
+  for (const char c : text.substr(0, end)) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (byte >= 0x20 && byte != 0x7f) {
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[byte >> 4];
+      out += kHex[byte & 0xf];
+    }
+  }
+  if (end < text.size()) out += "...";
+  return out;
 }
 
 // The deepest nesting of arrays and objects in `text` (strings skipped, escapes honoured), read

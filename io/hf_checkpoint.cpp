@@ -18,7 +18,10 @@ using json = nlohmann::json;
 HfCheckpointReader::HfCheckpointReader(const fs::path& dir) {
   const fs::path index_path = dir / kCheckpointIndexFile;
   const fs::path single_path = dir / kSingleCheckpointFile;
-  if (fs::exists(index_path)) {
+  // The error_code overloads: a folder path the file system refuses (too long, no permission)
+  // is "not a checkpoint folder" below, not a filesystem_error.
+  std::error_code error;
+  if (fs::exists(index_path, error)) {
     sharded_ = true;
     const std::string where = index_path.string();
     json index;
@@ -33,13 +36,13 @@ HfCheckpointReader::HfCheckpointReader(const fs::path& dir) {
                          "\"] is not a file name");
       const std::string name = it->get<std::string>();
       // Shards live beside the index: a path that leaves the folder is refused.
-      if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..") {
+      if (name.empty() || name.find('/') != std::string::npos ||
+          name.find('\0') != std::string::npos || name == "." || name == "..") {
         throw InputError(where + ": weight_map[\"" + error_excerpt(it.key()) + "\"] names \"" +
                          error_excerpt(name) + "\", not a file in the checkpoint folder");
       }
       auto found = shard_index.find(name);
       if (found == shard_index.end()) {
-        std::error_code error;
         const fs::file_status shard = fs::status(dir / name, error);
         if (!fs::exists(shard)) {
           // ENAMETOOLONG and the like are reported as "cannot be read", not thrown.
@@ -58,7 +61,7 @@ HfCheckpointReader::HfCheckpointReader(const fs::path& dir) {
       }
       file_of_[it.key()] = found->second;
     }
-  } else if (fs::exists(single_path)) {
+  } else if (fs::exists(single_path, error)) {
     files_.push_back(std::make_unique<SafetensorsFile>(single_path));
     for (const std::string& key : files_[0]->names()) file_of_[key] = 0;
   } else {

@@ -51,7 +51,8 @@ class FieldReader {
   void optional_double(const char* key, double& out) const {
     if (!has(key)) return;
     if (!object_[key].is_number())
-      throw InputError(at(key) + ": expected a number, found " + object_[key].dump());
+      throw InputError(at(key) + ": expected a number, found " +
+                       error_excerpt(object_[key].dump()));
     out = object_[key].get<double>();
   }
   void optional_double(const char* key, std::optional<double>& out) const {
@@ -63,13 +64,15 @@ class FieldReader {
   void optional_bool(const char* key, bool& out) const {
     if (!has(key)) return;
     if (!object_[key].is_boolean())
-      throw InputError(at(key) + ": expected true or false, found " + object_[key].dump());
+      throw InputError(at(key) + ": expected true or false, found " +
+                       error_excerpt(object_[key].dump()));
     out = object_[key].get<bool>();
   }
   void optional_string(const char* key, std::string& out) const {
     if (!has(key)) return;
     if (!object_[key].is_string())
-      throw InputError(at(key) + ": expected a string, found " + object_[key].dump());
+      throw InputError(at(key) + ": expected a string, found " +
+                       error_excerpt(object_[key].dump()));
     out = object_[key].get<std::string>();
   }
 
@@ -90,14 +93,15 @@ class FieldReader {
 };
 
 RopeSpec parse_rope(const json& j, const std::string& where, RopeSpec spec) {
-  if (!j.is_object()) throw InputError(where + ": expected an object, found " + j.dump());
+  if (!j.is_object())
+    throw InputError(where + ": expected an object, found " + error_excerpt(j.dump()));
   FieldReader r(j, where);
   r.optional_string("rope_type", spec.rope_type);
   r.optional_double("rope_theta", spec.rope_theta);
   r.optional_double("partial_rotary_factor", spec.partial_rotary_factor);
   r.optional_double("factor", spec.factor);
   if (spec.rope_type != "default" && spec.rope_type != "proportional") {
-    throw InputError(where + ": rope_type \"" + spec.rope_type +
+    throw InputError(where + ": rope_type \"" + error_excerpt(spec.rope_type) +
                      "\" is not supported (expected \"default\" or \"proportional\")");
   }
   return spec;  // the numbers are checked by finalize()
@@ -239,7 +243,7 @@ void Gemma4Config::finalize(const std::string& where) {
   check_rope(rope_sliding, where, "sliding_attention");
   check_rope(rope_full, where, "full_attention");
   if (hidden_activation != "gelu_pytorch_tanh" && hidden_activation != "gelu") {
-    throw InputError(where + ": hidden_activation \"" + hidden_activation +
+    throw InputError(where + ": hidden_activation \"" + error_excerpt(hidden_activation) +
                      "\" is not supported (expected \"gelu_pytorch_tanh\" or \"gelu\")");
   }
   if (use_bidirectional_attention && *use_bidirectional_attention == "all") {
@@ -359,12 +363,7 @@ void Gemma4Config::finalize(const std::string& where) {
 }
 
 Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string& where) {
-  json root;
-  try {
-    root = parse_bounded_json(json_text, where);
-  } catch (const json::exception& e) {
-    throw InputError(where + ": not valid JSON: " + json_error_detail(e));
-  }
+  const json root = parse_json_input(json_text, where);
   if (!root.is_object()) throw InputError(where + ": expected a JSON object");
   std::string at = where;
   const json* text = &root;
@@ -448,7 +447,7 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
       } else if (t == "full_attention") {
         c.layer_types.push_back(LayerType::kFull);
       } else {
-        throw InputError(r.at("layer_types") + ": unknown layer type " + t.dump() +
+        throw InputError(r.at("layer_types") + ": unknown layer type " + error_excerpt(t.dump()) +
                          " (expected \"sliding_attention\" or \"full_attention\")");
       }
     }
@@ -474,7 +473,7 @@ Gemma4Config parse_gemma4_config(const std::string& json_text, const std::string
     c.head_dim_override.resize(c.num_hidden_layers);
     c.kv_heads_override.resize(c.num_hidden_layers);
     for (auto it = plc.begin(); it != plc.end(); ++it) {
-      const std::string key_at = r.at("per_layer_config") + "[" + it.key() + "]";
+      const std::string key_at = r.at("per_layer_config") + "[" + error_excerpt(it.key()) + "]";
       int64_t idx = -1;
       try {
         size_t used = 0;

@@ -135,12 +135,8 @@ torch::Tensor MergedCheckpoint::tensor(const std::string& key) const {
 void write_merged_checkpoint(const MergedCheckpoint& checkpoint, const fs::path& out_dir,
                              torch::ScalarType dtype, uint64_t shard_bytes) {
   const fs::path config_path = checkpoint.dir() / "config.json";
-  nlohmann::json config;
-  try {
-    config = parse_bounded_json(read_text_file(config_path), config_path.string());
-  } catch (const nlohmann::json::exception& e) {
-    throw InputError(config_path.string() + ": not valid JSON: " + json_error_detail(e));
-  }
+  nlohmann::json config = parse_json_input(read_text_file(config_path), config_path.string());
+  if (!config.is_object()) throw InputError(config_path.string() + ": expected a JSON object");
   config.erase("quantization_config");
   const std::string dtype_name = dtype == torch::kBFloat16  ? "bfloat16"
                                  : dtype == torch::kFloat16 ? "float16"

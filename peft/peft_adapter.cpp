@@ -1,6 +1,5 @@
 #include "peft/peft_adapter.h"
 
-#include <cctype>
 #include <cmath>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -124,7 +123,7 @@ void check_other_key(const std::string& key, const json& value, const std::strin
   // Not a PEFT 0.21.2 key: PEFT itself warns and ignores it, but a newer PEFT may have meant
   // something by it. Off-looking values (null, false, empty) pass.
   if (is_null_or_empty(value) || value == false) return;
-  throw InputError(config_path + ": key \"" + key + "\" (" + json_text(value) +
+  throw InputError(config_path + ": key \"" + error_excerpt(key) + "\" (" + json_text(value) +
                    ") is not a PEFT 0.21.2 LoraConfig key, so gemma-train cannot tell what it "
                    "changes; remove it or set it to null");
 }
@@ -142,8 +141,7 @@ bool read_init_lora_weights(const json& value, const std::string& config_path) {
   for (const char* ok : {"gaussian", "eva", "orthogonal", "lora_ga"}) {
     if (scheme == ok) return true;
   }
-  std::string lower = scheme;
-  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const std::string lower = ascii_lower(scheme);
   if (scheme.rfind("pissa", 0) == 0 || scheme.rfind("corda", 0) == 0 || lower == "olora" ||
       scheme == "loftq") {
     throw InputError(where + json_text(value) +
@@ -163,9 +161,7 @@ void read_target_modules(const json& value, const std::string& config_path, Adap
   const std::string where = config_path + ": key \"target_modules\"";
   if (value.is_string()) {
     const std::string pattern = value.get<std::string>();
-    std::string lower = pattern;
-    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (lower == "all-linear")
+    if (ascii_lower(pattern) == "all-linear")
       throw InputError(where + " is " + json_text(value) +
                        ", which PEFT expands to module names when it creates an adapter; list the "
                        "names");
@@ -238,12 +234,7 @@ void write_peft_adapter_files(Gemma4ForCausalLM& model, const AdapterSpec& spec,
 
 AdapterSpec read_peft_adapter_config(const fs::path& dir) {
   const std::string config_path = (dir / kConfigFile).string();
-  json config;
-  try {
-    config = parse_bounded_json(read_text_file(dir / kConfigFile), config_path);
-  } catch (const json::exception& e) {
-    throw InputError(config_path + ": not valid JSON: " + json_error_detail(e));
-  }
+  const json config = parse_json_input(read_text_file(dir / kConfigFile), config_path);
   if (!config.is_object() || config.value("peft_type", json()) != "LORA") {
     throw InputError(config_path + ": peft_type is not \"LORA\"");
   }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <sstream>
 #include <system_error>
 
@@ -32,26 +33,26 @@ std::optional<double> read_number(const json& line, const char* key, const std::
   const auto it = line.find(key);
   if (it == line.end() || it->is_null()) return std::nullopt;
   if (!it->is_number()) {
-    throw InputError(where + ": \"" + key + "\" must be a number, found " + it->dump());
+    throw InputError(where + ": \"" + key + "\" must be a number, found " +
+                     error_excerpt(it->dump()));
   }
   return it->get<double>();
 }
 
 MetricsPoint parse_line(const std::string& text, const std::string& where) {
-  json line;
-  try {
-    line = parse_bounded_json(text, where);
-  } catch (const json::parse_error& e) {
-    throw InputError(where + ": not valid JSON: " + json_error_detail(e));
-  }
+  const json line = parse_json_input(text, where);
   if (!line.is_object()) {
     throw InputError(where + ": expected a JSON object (one logged step), found " +
                      std::string(line.type_name()));
   }
   const auto step = line.find("step");
   if (step == line.end()) throw InputError(where + ": missing \"step\"");
-  if (!step->is_number_integer()) {
-    throw InputError(where + ": \"step\" must be an integer, found " + step->dump());
+  // An unsigned step of 2^63 or more would wrap in int64.
+  if (!step->is_number_integer() ||
+      (step->is_number_unsigned() &&
+       step->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))) {
+    throw InputError(where + ": \"step\" must be an integer below 2^63, found " +
+                     error_excerpt(step->dump()));
   }
   MetricsPoint point;
   point.step = step->get<int64_t>();

@@ -11,6 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "io/input_error.h"
+#include "io/string_match.h"
 #include "peft/target_regex.h"
 
 namespace gemma {
@@ -157,8 +158,7 @@ Value element(const Value& list, const YAML::Node& node, size_t i, const std::st
 // ---- Typed readers: one per value type, shared by the file and --set. ----
 
 bool parse_bool(const std::string& text, bool& out) {
-  std::string s = text;
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  const std::string s = ascii_lower(text);
   if (s == "true" || s == "yes" || s == "on") return out = true, true;
   if (s == "false" || s == "no" || s == "off") return out = false, true;
   return false;
@@ -334,10 +334,15 @@ Field target_modules_field() {
   return {"peft", "target_modules", kAllMethods,
           [](const Value& v, const std::string& file, Recipe& r) {
             TargetModules t;  // null: PEFT's default for the architecture
-            if (v.node.IsScalar() && v.node.Scalar() == "all-linear") {
+            // PEFT compares the shorthand case-insensitively ("ALL-LINEAR" is all-linear too).
+            if (v.node.IsScalar() && ascii_lower(v.node.Scalar()) == "all-linear") {
               t.form = TargetModules::Form::kAllLinear;
               t.names.clear();
             } else if (v.node.IsScalar()) {
+              if (v.node.Scalar().empty())
+                refuse(v,
+                       "a list of module names, a regular expression or \"all-linear\" (an "
+                       "empty regular expression matches no module)");
               t.form = TargetModules::Form::kRegex;
               t.names.clear();
               t.regex = v.node.Scalar();

@@ -65,5 +65,14 @@ TEST(BoundedJson, ExcerptsCutAtCharacterBoundaries) {
   EXPECT_EQ(error_excerpt("short", 9), "short");
 }
 
+TEST(BoundedJson, ExcerptsStayOnOneLine) {
+  EXPECT_EQ(error_excerpt(std::string("a\nb\tc\rd\x01\x7f"
+                                      "e\0f",
+                                      12)),
+            "a\\nb\\tc\\rd\\x01\\x7fe\\x00f");
+  // The limit counts the input's bytes, not the escapes'.
+  EXPECT_EQ(error_excerpt("\n\n\n\n", 2), "\\n\\n...");
+}
+
 }  // namespace
 }  // namespace gemma

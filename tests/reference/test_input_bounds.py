@@ -120,6 +120,23 @@ def test_a_device_as_config_is_refused(gemma_train, tiny, tmp_path):
     timed_error(gemma_train, ["info", "--model", model], "config.json: not a regular file", seconds=10)
 
 
+def test_a_fifo_as_weights_is_refused_without_blocking(gemma_train, tiny, tmp_path):
+    """Opening a FIFO for reading waits for a writer: the weights file is refused before that."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny, model)
+    (model / "model.safetensors").unlink()
+    os.mkfifo(model / "model.safetensors")
+    timed_error(gemma_train, ["info", "--model", model], "model.safetensors: not a regular file", seconds=10)
+
+
+def test_paths_the_file_system_refuses_are_input_errors(gemma_train, demo, tmp_path):
+    """A name over the file system's limit (ENAMETOOLONG) is the user's to mend: exit 2, naming it."""
+    long_name = tmp_path / ("a" * 300 + ".gguf")
+    line = timed_error(gemma_train, ["export", "--format", "gguf", "--model", demo, "--out", long_name],
+                       "File name too long")
+    assert "aaaa" in line
+
+
 def test_outputs_are_replaced_only_with_overwrite(gemma_train, tiny, demo, tmp_path):
     out = tmp_path / "logits.bin"
     out.write_bytes(b"previous")

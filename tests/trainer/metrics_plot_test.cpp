@@ -143,6 +143,12 @@ TEST(MetricsPlot, BadLinesNameFileAndLine) {
   expect_input_error([&] { read_metrics_jsonl(path); }, {where, "\"loss\" must be a number"});
   write_text(path, good + "[1, 2]\n");
   expect_input_error([&] { read_metrics_jsonl(path); }, {where, "expected a JSON object"});
+  // A number past double's range is nlohmann's out_of_range, not its parse_error: still an
+  // InputError; a step past int64 is refused rather than wrapped.
+  write_text(path, good + R"({"loss": 1e999, "step": 2})" + "\n");
+  expect_input_error([&] { read_metrics_jsonl(path); }, {where, "not valid JSON"});
+  write_text(path, good + R"({"loss": 1.0, "step": 9223372036854775808})" + "\n");
+  expect_input_error([&] { read_metrics_jsonl(path); }, {where, "below 2^63"});
 }
 
 TEST(MetricsPlot, EmptyFilesAndFilesWithoutLossAreInputErrors) {

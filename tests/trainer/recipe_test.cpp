@@ -460,6 +460,18 @@ TEST(RecipeErrors, TargetRegexesRe2CannotUseAreRefused) {
   EXPECT_EQ(load_error(std::string(kMinimal) + "peft:\n  target_modules: '(a+)+$'\n"), "");
 }
 
+// PEFT reads the shorthand case-insensitively; an empty pattern would match nothing, found only
+// once the model is loaded, so it is refused with the recipe.
+TEST(RecipeParse, AllLinearInAnyCaseAndNoEmptyRegex) {
+  RecipeFiles files;
+  const Recipe r =
+      load_recipe(files.write(std::string(kMinimal) + "peft:\n  target_modules: ALL-Linear\n"));
+  EXPECT_EQ(r.peft.target_modules.form, TargetModules::Form::kAllLinear);
+  EXPECT_HAS(load_error(std::string(kMinimal) + "peft:\n  target_modules: ''\n"),
+             "peft.target_modules: expected a list of module names, a regular expression or "
+             "\"all-linear\" (an empty regular expression matches no module)");
+}
+
 TEST(RecipeErrors, MalformedYamlGivesYamlCppsMark) {
   const std::string e = load_error("model:\n  name_or_path: [unclosed\ntraining:\n");
   EXPECT_HAS(e, "recipe.yaml:");
