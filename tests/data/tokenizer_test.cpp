@@ -173,6 +173,15 @@ TEST(Tokenizer, FieldsOfTheWrongTypeAreClearErrors) {
       {"{" + normalizer + R"(, "model": {"type": "BPE", )" + vocab +
            R"(}, "added_tokens": [{"id": 1, "content": "a", "special": "no"}]})",
        "\"special\" is not true or false"},
+      // Ids out of range: a negative added id once filled the gap check and wrote before the
+      // piece table; an id of 2^63 - 1 overflowed the count.
+      {"{" + normalizer + R"(, "model": {"type": "BPE", "vocab": {"a": 0, "b": 2}}, )" +
+           R"("added_tokens": [{"id": -1, "content": "x"}]})",
+       "added_tokens entries need an id from 0 to 2147483646"},
+      {"{" + normalizer + R"(, "model": {"type": "BPE", "vocab": {"a": 9223372036854775807}}})",
+       "model.vocab[\"a\"] is not an id from 0 to 2147483646"},
+      {"{" + normalizer + R"(, "model": {"type": "BPE", "vocab": {"a": 18446744073709551615}}})",
+       "model.vocab[\"a\"] is not an id from 0 to 2147483646"},
   };
   for (const auto& c : cases) {
     ScratchFile f("tokenizer.json", c.json);
