@@ -86,8 +86,8 @@ struct ChatTemplateInspection {
 ChatTemplateInspection inspect_chat_template(const std::string& jinja_text);
 
 // A chat template about to be copied into another format (GGUF's tokenizer.chat_template, which
-// llama.cpp renders): non-empty UTF-8 without NUL, and every Jinja `{{`, `{%` and `{#` closed
-// before the next one opens. InputError naming `where` and the byte otherwise.
+// llama.cpp renders): non-empty UTF-8 without NUL, and every Jinja tag opened outside a tag
+// (`{{`, `{%`, `{#`) closed by its own closer. InputError naming `where` and the byte otherwise.
 void check_chat_template_text(const std::string& jinja_text, const std::string& where);
 
 }  // namespace gemma
