@@ -17,7 +17,8 @@ namespace gemma {
 // overflow or NaN. Each leaves wide margin over the released variants (gemma4-architecture.md
 // §1.3), shown in the last column. Keys marked "if used" are checked only when the config uses
 // them (MoE keys with enable_moe_block, PLE keys with hidden_size_per_layer_input > 0,
-// num_global_key_value_heads with attention_k_eq_v).
+// num_global_key_value_heads with attention_k_eq_v); "even" and "dividing" are checked on the
+// head_dim and num_key_value_heads each layer ends up with (after per_layer_config).
 //
 //   key                                           allowed                        released
 //   hidden_size                                   [1, 2^20]                      1536..5376
