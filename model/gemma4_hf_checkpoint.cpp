@@ -64,6 +64,22 @@ Nf4Targets nf4_targets(Gemma4ForCausalLM& model, const Gemma4LoadOptions& option
   return out;
 }
 
+// The two ways a checkpoint tensor fails its config, worded once for check_gemma4_tensors (info)
+// and load_gemma4 alike.
+[[noreturn]] void throw_missing_tensor(const fs::path& dir, const std::string& key,
+                                       const std::vector<int64_t>& expected) {
+  throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
+                   shape_text(expected) + ")");
+}
+
+void require_tensor_shape(const fs::path& dir, const std::string& key,
+                          const std::vector<int64_t>& found, const std::vector<int64_t>& expected) {
+  if (found != expected) {
+    throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " + shape_text(found) +
+                     ", expected " + shape_text(expected));
+  }
+}
+
 }  // namespace
 
 int64_t nf4_base_bytes(Gemma4ForCausalLM& model) {
@@ -153,13 +169,9 @@ void check_gemma4_tensors(const HfCheckpointReader& reader, const Gemma4Config& 
     } else if (reader.contains(key)) {
       found = reader.entry(key).shape;
     } else {
-      throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
-                       shape_text(expected) + ")");
+      throw_missing_tensor(dir, key, expected);
     }
-    if (found != expected) {
-      throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " + shape_text(found) +
-                       ", expected " + shape_text(expected));
-    }
+    require_tensor_shape(dir, key, found, expected);
   };
   for (const Gemma4TensorInfo& info : gemma4_hf_checkpoint_layout(config)) {
     if (info.used) check(prefix + info.name, info.shape);
@@ -187,15 +199,9 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
   std::set<std::string> used;
   const Nf4Targets nf4 = nf4_targets(out.model, options, reader, report.prefix);
   const auto check_dense = [&](const std::string& key, const std::vector<int64_t>& expected) {
-    if (!reader.contains(key)) {
-      throw InputError(dir.string() + ": missing tensor \"" + key + "\" (expected shape " +
-                       shape_text(expected) + ")");
-    }
+    if (!reader.contains(key)) throw_missing_tensor(dir, key, expected);
     const SafetensorsEntry& e = reader.entry(key);
-    if (e.shape != expected) {
-      throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " + shape_text(e.shape) +
-                       ", expected " + shape_text(expected));
-    }
+    require_tensor_shape(dir, key, e.shape, expected);
     if (!c10::isFloatingType(e.dtype)) {
       throw InputError(dir.string() + ": tensor \"" + key + "\" has dtype " +
                        safetensors_dtype_name(e.dtype) + ", expected a floating-point dtype");
@@ -208,10 +214,7 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
       Nf4Weight q;
       if (has_bnb_nf4(reader, key)) {
         q = read_bnb_nf4(reader, key, dir.string());
-        if (q.shape != expected) {
-          throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " +
-                           shape_text(q.shape) + ", expected " + shape_text(expected));
-        }
+        require_tensor_shape(dir, key, q.shape, expected);
         q.packed = q.packed.clone();  // owned, not a view of the file
         q.absmax_codes = q.absmax_codes.clone();
         for (const std::string& part : bnb_nf4_keys(key)) {
@@ -245,10 +248,7 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
     if (has_bnb_nf4(reader, key)) {
       // A bitsandbytes 4-bit checkpoint: dequantized into the model's dtype.
       const Nf4Weight q = read_bnb_nf4(reader, key, dir.string());
-      if (q.shape != expected) {
-        throw InputError(dir.string() + ": tensor \"" + key + "\" has shape " +
-                         shape_text(q.shape) + ", expected " + shape_text(expected));
-      }
+      require_tensor_shape(dir, key, q.shape, expected);
       tensor.copy_(dequantize_nf4(q));
       for (const std::string& part : bnb_nf4_keys(key)) used.insert(part);
       continue;
