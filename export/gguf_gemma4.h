@@ -11,22 +11,13 @@
 #include <utility>
 #include <vector>
 
+#include "export/gguf_out_type.h"
 #include "io/gguf_writer.h"
 #include "model/gemma4_config.h"
 
 namespace gemma {
 
 class MergedCheckpoint;
-
-// What `--dtype` asks for: the storage of weight matrices, as the converter's `--outtype`. 1-D
-// tensors, norms, the router and the `.scale` tensors are F32 whatever is chosen (§3, "Dtypes").
-enum class GgufOutType { kF32, kF16, kBF16, kQ8_0 };
-
-// "f32", "f16", "bf16", "q8_0" (InputError otherwise) and back.
-GgufOutType gguf_out_type_from_name(const std::string& name);
-const char* gguf_out_type_name(GgufOutType type);
-// general.file_type (llama_ftype): 0 all F32, 1 mostly F16, 32 mostly BF16, 7 mostly Q8_0.
-uint32_t gguf_file_type(GgufOutType type);
 
 // The tokenizer as llama.cpp's gemma4 vocabulary reads it (§2, "Tokenizer keys").
 struct Gemma4GgufVocab {

@@ -12,20 +12,10 @@
 
 #include "model/gemma4_model.h"
 #include "model/linear.h"
+#include "peft/adapter_spec.h"
 #include "peft/lora_linear.h"
 
 namespace gemma {
-
-struct AdapterSpec {
-  LoraOptions lora;
-  // PEFT's matching: a module path equal to an entry or ending in "." + entry ...
-  std::vector<std::string> target_modules = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
-                                             "gate_proj", "up_proj", "down_proj"};
-  // ... or, when set, a regular expression that must match the whole path (re.fullmatch, in
-  // RE2's linear time: target_regex.h).
-  std::string target_regex;
-  uint64_t seed = 0;
-};
 
 // The projections of `model` (every Linear, with its module path), in model order; never an
 // adapter's own matrices.

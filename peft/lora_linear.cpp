@@ -4,10 +4,6 @@
 
 namespace gemma {
 
-double LoraOptions::scaling() const {
-  return use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / static_cast<double>(r);
-}
-
 LoraLinearImpl::LoraLinearImpl(const LinearImpl& base, const LoraOptions& options,
                                at::Generator& generator)
     : options_(options) {

@@ -12,20 +12,9 @@
 #include <torch/torch.h>
 
 #include "model/linear.h"
+#include "peft/adapter_spec.h"
 
 namespace gemma {
-
-struct LoraOptions {
-  int64_t r = 8;
-  double alpha = 8.0;
-  double dropout = 0.0;
-  bool use_rslora = false;  // scaling alpha/√r instead of alpha/r
-  bool use_dora = false;
-  // PEFT's init_lora_weights: true starts B at zero (the model unchanged); false leaves B random
-  // as well, U(±1/√r), which PEFT offers for tests.
-  bool init_lora_weights = true;
-  double scaling() const;
-};
 
 class LoraLinearImpl : public LinearAdapterImpl {
  public:

@@ -11,21 +11,13 @@
 
 #include "model/gemma4_model.h"
 #include "peft/lora_adapters.h"
+#include "peft/peft_adapter_config.h"
 
 namespace gemma {
 
 // PEFT's key prefix in adapter_model.safetensors.
 constexpr const char* kPeftPrefix = "base_model.model.";
 
-// The options and targets of `dir`/adapter_config.json. Every key of PEFT 0.21.2's LoraConfig is
-// either read as PEFT reads it (r, lora_alpha, lora_dropout, target_modules, use_rslora, use_dora,
-// init_lora_weights, bias "none"), has no effect on stored weights (bookkeeping, settings of fresh
-// initialisation, fan_in_fan_out on Linear layers), or is refused by name unless it holds its
-// off value (layers_to_transform, rank_pattern, modules_to_save, lora_bias, LoRA variants, ...);
-// a key PEFT 0.21.2 does not know passes only when null, false or empty. InputError naming the
-// file and the key otherwise, and for a string target_modules RE2 cannot compile
-// (target_regex.h).
-AdapterSpec read_peft_adapter_config(const std::filesystem::path& dir);
 // One adapted module's tensors from adapter_model.safetensors.
 struct AdapterTensors {
   torch::Tensor lora_A;     // [r, in]

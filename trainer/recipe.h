@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "export/gguf_gemma4.h"
+#include "export/gguf_out_type.h"
 
 namespace gemma {
 

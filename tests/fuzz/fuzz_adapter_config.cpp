@@ -5,7 +5,7 @@
 #include <string_view>
 
 #include "io/input_error.h"
-#include "peft/peft_adapter.h"
+#include "peft/peft_adapter_config.h"
 #include "tests/fuzz/fuzz_scratch_folder.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
