@@ -184,7 +184,7 @@ SentencePieceModelSpec sentencepiece_spec_from_hf_json(const std::string& json_t
   spec.byte_fallback = *byte_fallback;
   const auto unk_token = field_or<std::string>(model, "unk_token", "");
   if (!unk_token) throw InputError(where + ": model.unk_token is not a string or null");
-  const std::string unk = *unk_token;
+  const std::string& unk = *unk_token;
   spec.unk_id = -1;
   spec.pieces.resize(static_cast<size_t>(n));
   for (const auto& [id, piece] : by_id) {
