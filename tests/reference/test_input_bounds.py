@@ -4,9 +4,10 @@ tokenizer files checked before an export, a device as a config, and outputs repl
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
-import threading
 import time
 
 import pytest
@@ -21,19 +22,35 @@ MAX_RSS_MB = 1024
 MODEL_SLACK_MB = 256
 
 
+# Runs a command as a child of this small process and writes "<exit status> <peak RSS KiB>".
+# The indirection matters: Linux carries a process's peak RSS across exec, so a child forked
+# straight from pytest (holding torch and models) would report pytest's peak, not its own.
+MEASURE = """
+import os, subprocess, sys
+proc = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(proc.pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{os.waitstatus_to_exitcode(status)} {usage.ru_maxrss}")
+"""
+
+
 def run_measured(gemma_train, args, timeout=60):
-    """Runs gemma-train; returns (exit status, stderr, this child's peak RSS in MiB) from wait4."""
-    with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([gemma_train, *map(str, args)], stdout=subprocess.DEVNULL, stderr=err, text=True)
-        timer = threading.Timer(timeout, proc.kill)
-        timer.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        err.seek(0)
-        return proc.returncode, err.read(), usage.ru_maxrss / 1024
+    """Runs gemma-train; returns (exit status, stderr, its own peak RSS in MiB)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        result, err_path = os.path.join(tmp, "result"), os.path.join(tmp, "stderr")
+        with open(err_path, "w") as err:
+            proc = subprocess.Popen([sys.executable, "-c", MEASURE, result, gemma_train, *map(str, args)],
+                                    stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise
+        with open(result) as f:
+            code, rss_kib = (int(v) for v in f.read().split())
+        with open(err_path) as f:
+            return code, f.read(), rss_kib / 1024
 
 
 def timed_error(gemma_train, args, needle, seconds=30, max_rss_mb=MAX_RSS_MB):
