@@ -5,6 +5,7 @@
 
 #include "data/dataset_rows.h"
 #include "data/dataset_validation.h"
+#include "data/preference_dataset.h"
 #include "data/sft_dataset.h"
 #include "data/tokenizer.h"
 #include "io/atomic_output.h"
@@ -28,6 +29,7 @@ struct ValidateSetup {
   fs::path model_dir;
   SftDataOptions options;
   std::optional<TrainingMethod> method;  // with --recipe
+  int64_t kto_kl_batch = 0;  // with a KTO recipe: its micro-batch, over which KL pairs rotate
 };
 
 std::optional<DatasetKind> dataset_kind_of(DataKind kind) {
@@ -58,6 +60,8 @@ ValidateSetup setup_from_recipe(const CliFlags& flags) {
   const Recipe recipe = load_recipe(flags.required("recipe"), flags.values("set"));
   ValidateSetup s;
   s.method = recipe.training.method;
+  if (s.method == TrainingMethod::kKto)
+    s.kto_kl_batch = recipe.training.per_device_train_batch_size;
   s.model_dir = recipe.model.name_or_path;
   s.tokenizer = Tokenizer::from_folder(s.model_dir);
   SftDataOptions& o = s.options;
@@ -143,7 +147,7 @@ int run_validate_data_command(const CliFlags& flags) {
   }
 
   bool bad = false;
-  std::vector<SftExample> dumped;
+  std::vector<std::string> dumped;  // one JSON line per example
   for (const DataCheck& check : s.checks) {
     if (s.checks.size() > 1) std::cout << "== " << check.name << " ==\n";
     const DatasetValidationReport report =
@@ -160,25 +164,29 @@ int run_validate_data_command(const CliFlags& flags) {
                 << " rows do not suit training.method " << recipe_name(*s.method) << "\n";
       bad = true;
     }
-    if (dump && report.rows > 0) {
-      if (report.kind && !method_takes(TrainingMethod::kSft, *report.kind)) {
-        throw InputError("--dump writes SFT examples; " + check.name + " holds " +
-                         dataset_kind_name(*report.kind) + " rows");
-      }
+    if (dump && report.rows > 0 && report.kind) {
       SftDataOptions o = s.options;
       o.skip_invalid = true;  // the dump holds what the good rows become
       o.kind = report.kind;
-      std::vector<SftExample> examples = read_sft_examples(check.files, *s.tokenizer, o);
-      if (o.packing != SftPacking::kNone)
-        examples = pack_sft_examples(examples, o.max_length.value_or(0), o.packing);
-      dumped.insert(dumped.end(), std::make_move_iterator(examples.begin()),
-                    std::make_move_iterator(examples.end()));
+      const bool kto = *report.kind == DatasetKind::kKto || s.method == TrainingMethod::kKto;
+      if (kto) {
+        for (const KtoExample& e : read_kto_examples(check.files, *s.tokenizer, o, s.kto_kl_batch))
+          dumped.push_back(kto_example_json(e));
+      } else if (*report.kind == DatasetKind::kPreference) {
+        for (const PreferenceExample& e : read_preference_examples(check.files, *s.tokenizer, o))
+          dumped.push_back(preference_example_json(e));
+      } else {
+        std::vector<SftExample> examples = read_sft_examples(check.files, *s.tokenizer, o);
+        if (o.packing != SftPacking::kNone)
+          examples = pack_sft_examples(examples, o.max_length.value_or(0), o.packing);
+        for (const SftExample& e : examples) dumped.push_back(sft_example_json(e));
+      }
     }
   }
   if (dump) {
     AtomicFileWriter out(*dump, flags.existing_output());
-    for (const SftExample& e : dumped) {
-      const std::string line = sft_example_json(e) + "\n";
+    for (const std::string& e : dumped) {
+      const std::string line = e + "\n";
       out.write(line.data(), line.size());
     }
     out.commit();

@@ -1,5 +1,6 @@
 #include "data/dataset_rows.h"
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -221,6 +222,60 @@ void parse_template_columns(const json& row, const std::string& where, DatasetRo
   }
 }
 
+// TRL's extract_prompt for a preference row without "prompt": the prompt is the longest common
+// prefix of chosen and rejected (characters of strings, whole messages of conversations); when
+// the character before the split is a space, the split moves left so the completions start with
+// it. As in Python, a pair where one is a prefix of the other splits before the last element of
+// the shorter one. Deliberate difference: with no common prefix at all TRL looks at the last
+// character (Python's index -1); here the prompt is just empty.
+json with_extracted_prompt(const json& row, const std::string& where) {
+  const json& chosen = row["chosen"];
+  const json& rejected = row["rejected"];
+  json out = row;
+  if (chosen.is_string() && rejected.is_string()) {
+    const std::string& a = chosen.get_ref<const std::string&>();
+    const std::string& b = rejected.get_ref<const std::string&>();
+    // Python compares code points: the split is at the start of a character (the strings
+    // are valid UTF-8; continuation bytes are 10xxxxxx).
+    const auto char_start = [&](size_t i) {
+      while (i > 0 && i < a.size() && (static_cast<unsigned char>(a[i]) & 0xC0) == 0x80) --i;
+      return i;
+    };
+    const size_t n = std::min(a.size(), b.size());
+    size_t i = 0;
+    while (i < n && a[i] == b[i]) ++i;
+    if (n == 0) {
+      i = 0;
+    } else if (i == n) {  // no difference: Python's loop variable stays at the last character
+      const std::string& shorter = a.size() <= b.size() ? a : b;
+      i = shorter.size() - 1;
+      while (i > 0 && (static_cast<unsigned char>(shorter[i]) & 0xC0) == 0x80) --i;
+    } else {
+      i = char_start(i);
+    }
+    if (i > 0 && a[i - 1] == ' ') --i;
+    out["prompt"] = a.substr(0, i);
+    out["chosen"] = a.substr(i);
+    out["rejected"] = b.substr(i);
+  } else if (chosen.is_array() && rejected.is_array()) {
+    const size_t n = std::min(chosen.size(), rejected.size());
+    size_t i = 0;
+    while (i < n && chosen[i] == rejected[i]) ++i;
+    if (i == n && n > 0) i = n - 1;
+    if (i == 0) {
+      throw RowError(RowProblem::kMissingField,
+                     where +
+                         ": no \"prompt\" column, and \"chosen\" and \"rejected\" do not start "
+                         "with the same messages (the implicit prompt is their common start; give "
+                         "a \"prompt\")");
+    }
+    out["prompt"] = json(chosen.begin(), chosen.begin() + static_cast<std::ptrdiff_t>(i));
+    out["chosen"] = json(chosen.begin() + static_cast<std::ptrdiff_t>(i), chosen.end());
+    out["rejected"] = json(rejected.begin() + static_cast<std::ptrdiff_t>(i), rejected.end());
+  }
+  return out;  // other types: parse_dataset_row names the mistyped column
+}
+
 }  // namespace
 
 const char* dataset_kind_name(DatasetKind kind) {
@@ -319,18 +374,16 @@ DatasetRow parse_dataset_row(const json& row, DatasetKind kind, const std::strin
       break;
     }
     case DatasetKind::kPreference: {
-      const bool explicit_prompt = has(row, "prompt");
-      out.chosen = parse_part(row, "chosen", where, explicit_prompt);
-      out.rejected = parse_part(row, "rejected", where, explicit_prompt);
-      require_same_form(out.chosen, "chosen", out.rejected, "rejected", where);
-      if (explicit_prompt) {
-        out.prompt = parse_part(row, "prompt", where);
-        require_same_form(out.prompt, "prompt", out.chosen, "chosen", where);
-        parse_continuation(row, out.prompt, "chosen", where, &out.chosen);
-        parse_continuation(row, out.prompt, "rejected", where, &out.rejected);
-      } else {
-        out.prompt.conversational = out.chosen.conversational;  // implicit: the common prefix
+      if (!has(row, "prompt") && has(row, "chosen") && has(row, "rejected")) {
+        return parse_dataset_row(with_extracted_prompt(row, where), kind, where);
       }
+      out.chosen = parse_part(row, "chosen", where, true);
+      out.rejected = parse_part(row, "rejected", where, true);
+      require_same_form(out.chosen, "chosen", out.rejected, "rejected", where);
+      out.prompt = parse_part(row, "prompt", where);
+      require_same_form(out.prompt, "prompt", out.chosen, "chosen", where);
+      parse_continuation(row, out.prompt, "chosen", where, &out.chosen);
+      parse_continuation(row, out.prompt, "rejected", where, &out.rejected);
       out.conversational = out.chosen.conversational;
       break;
     }

@@ -25,7 +25,8 @@ struct RowPart {
 struct DatasetRow {
   DatasetKind kind = DatasetKind::kText;
   // kText: text. kChat: messages. kCompletion, kKto: prompt + completion. kPreference: prompt
-  // (empty when implicit: TRL's extract_prompt takes the common prefix) + chosen + rejected.
+  // + chosen + rejected; without a "prompt" column the prompt is the common start of chosen and
+  // rejected, cut off both (TRL's extract_prompt).
   RowPart text, messages, prompt, completion, chosen, rejected;
   bool label = false;  // kKto: desirable
   bool conversational = false;

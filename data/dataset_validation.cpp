@@ -5,6 +5,7 @@
 
 #include "data/dataset_rows.h"
 #include "data/jsonl_reader.h"
+#include "data/preference_dataset.h"
 #include "data/sft_tokenization.h"
 
 namespace gemma {
@@ -15,27 +16,43 @@ bool sft_kind(DatasetKind kind) {
          kind == DatasetKind::kCompletion;
 }
 
-// A prompt and one continuation (chosen, rejected, completion) as the preference trainers
-// tokenize them: one conversation, or <bos> + prompt + continuation + <eos>.
-int64_t pair_tokens(const DatasetRow& row, const RowPart& prompt, const RowPart& continuation,
-                    const Tokenizer& tokenizer, const SftDataOptions& options) {
-  if (row.conversational) {
-    std::vector<ChatMessage> all = prompt.messages;
-    all.insert(all.end(), continuation.messages.begin(), continuation.messages.end());
-    return static_cast<int64_t>(
-        tokenize_conversation(all, row, tokenizer, options, false).ids.size());
+// Faults of preference rows that need no tokenizer: an empty completion string, chosen equal
+// to rejected (the trainer refuses both; data/preference_dataset.h).
+void check_preference_columns(const nlohmann::json& row, DatasetKind kind,
+                              const std::string& where) {
+  const std::vector<const char*> columns = kind == DatasetKind::kKto
+                                               ? std::vector<const char*>{"completion"}
+                                               : std::vector<const char*>{"chosen", "rejected"};
+  for (const char* c : columns) {
+    if (row[c].is_string() && row[c].get_ref<const std::string&>().empty()) {
+      throw RowError(RowProblem::kEmptyCompletion,
+                     where + ": \"" + c + "\" is empty (a completion needs text to prefer or reject)");
+    }
   }
-  return static_cast<int64_t>(
-             encode_text_with_bos(tokenizer, prompt.text + continuation.text).size()) +
-         1;
+  if (kind == DatasetKind::kPreference && row["chosen"] == row["rejected"]) {
+    throw RowError(RowProblem::kIdenticalPair,
+                   where + ": \"chosen\" and \"rejected\" are the same (the pair teaches nothing)");
+  }
 }
 
-int64_t preference_tokens(const DatasetRow& row, const Tokenizer& tokenizer,
-                          const SftDataOptions& options) {
-  if (row.kind == DatasetKind::kKto)
-    return pair_tokens(row, row.prompt, row.completion, tokenizer, options);
-  return std::max(pair_tokens(row, row.prompt, row.chosen, tokenizer, options),
-                  pair_tokens(row, row.prompt, row.rejected, tokenizer, options));
+// A preference or KTO row as the trainer tokenizes it: the longest sequence (prompt + one
+// completion) and the kept prompt's length.
+struct PreferenceTokens {
+  int64_t longest = 0;
+  int64_t prompt = 0;
+};
+
+PreferenceTokens preference_tokens(const DatasetRow& row, const Tokenizer& tokenizer,
+                                   const SftDataOptions& options, const std::string& where) {
+  if (row.kind == DatasetKind::kKto) {
+    const KtoExample e = tokenize_kto_row(row, tokenizer, options, where);
+    return {static_cast<int64_t>(e.prompt_ids.size() + e.completion_ids.size()),
+            static_cast<int64_t>(e.prompt_ids.size())};
+  }
+  const PreferenceExample e = tokenize_preference_row(row, tokenizer, options, where);
+  return {static_cast<int64_t>(e.prompt_ids.size() +
+                               std::max(e.chosen_ids.size(), e.rejected_ids.size())),
+          static_cast<int64_t>(e.prompt_ids.size())};
 }
 
 }  // namespace
@@ -75,8 +92,22 @@ DatasetValidationReport validate_dataset(
         report_line(row.where + ": no label left after truncation to max_length " +
                     std::to_string(*options.max_length) + " (the trainer drops this row)");
       }
-    } else if (tokenizer) {
-      tokens = preference_tokens(parsed, *tokenizer, options);
+    } else {
+      check_preference_columns(row.value, *r.kind, row.where);
+      if (tokenizer) {
+        const PreferenceTokens t = preference_tokens(parsed, *tokenizer, options, row.where);
+        tokens = t.longest;
+        // KTO drops these always, DPO under keep_start (TRL's filters).
+        const bool dropped = options.max_length && t.prompt >= *options.max_length &&
+                             (*r.kind != DatasetKind::kPreference ||
+                              options.truncation == SftTruncation::kKeepStart);
+        if (dropped) {
+          ++r.prompt_over_length;
+          report_line(row.where + ": the prompt alone is " + std::to_string(t.prompt) +
+                      " tokens, at least max_length " + std::to_string(*options.max_length) +
+                      " (the trainer drops this row)");
+        }
+      }
     }
     decided = true;
     r.tokens += tokens;
@@ -118,12 +149,15 @@ std::string validation_summary(const DatasetValidationReport& r, const SftDataOp
     out += " (" + reasons + ")";
   }
   out += "\n";
-  if (r.over_length || r.duplicates || r.no_labels_after_truncation) {
+  if (r.over_length || r.duplicates || r.no_labels_after_truncation || r.prompt_over_length) {
     out += "notes (the trainer uses these rows): " + std::to_string(r.over_length) +
            " over max_length, " + std::to_string(r.duplicates) + " duplicates";
     if (r.no_labels_after_truncation)
       out += ", " + std::to_string(r.no_labels_after_truncation) +
              " with no label left after truncation (dropped)";
+    if (r.prompt_over_length)
+      out += ", " + std::to_string(r.prompt_over_length) +
+             " whose prompt alone fills max_length (dropped)";
     out += "\n";
   }
   if (!r.counted_tokens) return out + "tokens: not counted (no tokenizer: give --model)\n";

@@ -25,6 +25,7 @@ struct DatasetValidationReport {
   int64_t over_length = 0;
   int64_t duplicates = 0;
   int64_t no_labels_after_truncation = 0;  // rows the SFT preparation drops
+  int64_t prompt_over_length = 0;          // preference rows the DPO/KTO preparation drops
   bool counted_tokens = false;             // a tokenizer was given
   int64_t tokens = 0;                      // over good rows, before truncation
   int64_t labels = 0;                      // SFT rows: tokens that count in the loss

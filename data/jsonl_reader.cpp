@@ -33,6 +33,10 @@ const char* row_problem_name(RowProblem problem) {
       return "empty model turn";
     case RowProblem::kNoTrainableTokens:
       return "no assistant tokens";
+    case RowProblem::kIdenticalPair:
+      return "chosen equals rejected";
+    case RowProblem::kEmptyCompletion:
+      return "empty completion";
   }
   return "bad row";
 }

@@ -29,6 +29,8 @@ enum class RowProblem {
   kTurnOrder,
   kEmptyModelTurn,
   kNoTrainableTokens,  // assistant_only_loss on a conversation with no assistant token
+  kIdenticalPair,      // a preference row whose chosen and rejected are the same
+  kEmptyCompletion,    // a preference or KTO completion that is an empty string
 };
 const char* row_problem_name(RowProblem problem);
 

@@ -12,12 +12,11 @@ bool ends_with(const std::string& s, const std::string& suffix) {
          s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-// TRL's add_eos: the eos_token string is appended to a plain text or completion lacking it.
+}  // namespace
+
 std::string with_eos(const std::string& text, const std::string& eos_token) {
   return ends_with(text, eos_token) ? text : text + eos_token;
 }
-
-}  // namespace
 
 std::vector<int> encode_text_with_bos(const Tokenizer& tokenizer, const std::string& text) {
   const int bos = tokenizer.require_special("<bos>");

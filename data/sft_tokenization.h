@@ -19,6 +19,9 @@ namespace gemma {
 // string `<bos>` gets no second one (transformers would add it; gemma4-architecture.md §4.1).
 std::vector<int> encode_text_with_bos(const Tokenizer& tokenizer, const std::string& text);
 
+// TRL's add_eos: `eos_token` (as text) appended to a plain text or completion lacking it.
+std::string with_eos(const std::string& text, const std::string& eos_token);
+
 // The row's input_ids and labels_mask (masks ANDed: the prompt when completion_only_loss, all
 // but the model's own tokens when assistant_only_loss), seq_lengths = {size}, origin = `where`.
 // RowError (kNoTrainableTokens) for a conversation with no assistant token under

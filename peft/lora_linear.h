@@ -29,6 +29,8 @@ class LoraLinearImpl : public LinearAdapterImpl {
   torch::Tensor delta() const;
 
   const LoraOptions& options() const { return options_; }
+  // TRL's disable_dropout (DPO, KTO) sets the dropout probability of every module to 0.
+  void set_dropout(double p) { options_.dropout = p; }
   bool is_dora() const { return lora_magnitude_vector.defined(); }
   bool enabled = true;  // off: the base projection alone (the DPO/KTO reference model)
 

@@ -7,8 +7,17 @@
 # progress bar, metrics.jsonl, TensorBoard events, loss.svg, checkpoints, the PEFT adapter, the
 # merged HF checkpoint and a GGUF, all under out/demo-run. Then it asks the model a question from
 # the dataset before and after, to show what it learned.
+#   --dpo: QLoRA DPO instead (recipes/demo-dpo.yaml, the bundled preference set: the right capital
+#   chosen, another one rejected; the reference model is the NF4 base with the adapter off), under
+#   out/demo-dpo-run, and the rewards it logged at the first and the last step.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=sft
+case "${1:-}" in
+  "") ;;
+  --dpo) mode=dpo ;;
+  *) echo "usage: scripts/demo.sh [--dpo]" >&2; exit 2 ;;
+esac
 scripts/setup.sh
 bin=build/gemma-train
 model=out/demo-model
@@ -20,6 +29,18 @@ if [ ! -d "$model" ]; then
 fi
 $bin info --model "$model"
 question="What is the capital of Japan?"
+if [ "$mode" = dpo ]; then
+  echo "--- QLoRA DPO: gemma-train --recipe recipes/demo-dpo.yaml"
+  $bin validate-data --recipe recipes/demo-dpo.yaml
+  $bin --recipe recipes/demo-dpo.yaml
+  echo "--- rewards at the first and the last logged step (out/demo-dpo-run/metrics.jsonl)"
+  grep '"rewards/accuracies"' out/demo-dpo-run/metrics.jsonl | grep -v eval_ | sed -n '1p;$p' |
+    sed -E 's/.*"rewards\/accuracies":([^,}]*).*"rewards\/margins":([^,}]*).*"step":([0-9]+).*/step \3: rewards\/accuracies \1, rewards\/margins \2/'
+  echo "--- after DPO (the adapter on the NF4 base): $question"
+  $bin generate --model "$model" --adapter out/demo-dpo-run --load-in-4bit --prompt "$question" \
+    --max-new-tokens 16 --temperature 0
+  exit 0
+fi
 echo "--- before training (random weights): $question"
 $bin generate --model "$model" --prompt "$question" --max-new-tokens 16 --temperature 0
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env python3
-"""Makes the bundled demo dataset, recipes/data/demo-capitals.jsonl (a fixture script; gemma-train
-never runs Python). Rerun from the repository root: python3 scripts/make_demo_dataset.py
+"""Makes the bundled demo datasets, recipes/data/demo-capitals.jsonl and its preference twin
+recipes/data/demo-capitals-preference.jsonl (a fixture script; gemma-train never runs Python).
+Rerun from the repository root: python3 scripts/make_demo_dataset.py
 
 A chat SFT task the small demo model can visibly learn in a few minutes on two CPU cores: the user
 asks for the capital of a country in one of a few phrasings, and the model answers in one fixed
 sentence, "The capital of <country> is <city>." Rows are TRL's conversational language-modelling
-shape ({"messages": [...]}), in a seeded order.
+shape ({"messages": [...]}), in a seeded order. The preference set asks the same questions
+({"prompt": [user], "chosen": [the right answer], "rejected": [another country's capital]}), for
+DPO (recipes/demo-dpo.yaml).
 """
 import json
 import pathlib
@@ -37,7 +40,24 @@ def main():
                 {"role": "assistant", "content": f"The capital of {country} is {city}."},
             ]})
     random.Random(0).shuffle(rows)
-    out = pathlib.Path("recipes/data/demo-capitals.jsonl")
+    write(pathlib.Path("recipes/data/demo-capitals.jsonl"), rows)
+
+    pairs = []
+    rng = random.Random(1)
+    for i, (country, city) in enumerate(CAPITALS):
+        others = [c for j, (_, c) in enumerate(CAPITALS) if j != i]
+        for phrasing in PHRASINGS:
+            wrong = rng.choice(others)
+            pairs.append({
+                "prompt": [{"role": "user", "content": phrasing.format(c=country)}],
+                "chosen": [{"role": "assistant", "content": f"The capital of {country} is {city}."}],
+                "rejected": [{"role": "assistant", "content": f"The capital of {country} is {wrong}."}],
+            })
+    rng.shuffle(pairs)
+    write(pathlib.Path("recipes/data/demo-capitals-preference.jsonl"), pairs)
+
+
+def write(out, rows):
     out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     print(f"wrote {out} ({len(rows)} rows)")
 

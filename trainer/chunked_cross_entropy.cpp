@@ -39,11 +39,16 @@ struct ChunkedHead {
   std::optional<double> softcap;
   int64_t chunk;
 
-  // [N] log-probabilities of the labels, 0 where ignored; `stats` (when given) from the same
-  // logits.
-  torch::Tensor token_logprobs(TokenStats* stats = nullptr) const {
+  // [N] log-probabilities of the labels, 0 where ignored; `stats` and `details` (flat [N]
+  // tensors, when given) from the same logits.
+  torch::Tensor token_logprobs(TokenStats* stats = nullptr, TokenDetails* details = nullptr) const {
     const int64_t n = hidden.size(0);
     torch::Tensor out = torch::zeros({n}, hidden.options().dtype(head_dtype(hidden)));
+    if (details != nullptr) {
+      for (torch::Tensor* t : {&details->entropy, &details->mean_logit, &details->log_sum_sq_probs})
+        *t = torch::zeros_like(out);
+      details->is_top1 = torch::zeros({n}, out.options().dtype(torch::kBool));
+    }
     for (int64_t start = 0; start < n; start += chunk) {
       const int64_t len = std::min(chunk, n - start);
       const torch::Tensor logits = capped_logits(hidden.narrow(0, start, len), lm_head, softcap);
@@ -52,6 +57,15 @@ struct ChunkedHead {
       const torch::Tensor log_z = logits.logsumexp(1);
       const torch::Tensor counted = y != kIgnoreIndex;
       out.narrow(0, start, len).copy_((target - log_z) * counted);
+      if (details != nullptr) {
+        const torch::Tensor log_p = logits - log_z.unsqueeze(1);
+        const torch::Tensor p = log_p.exp();
+        details->entropy.narrow(0, start, len).copy_((log_z - (p * logits).sum(1)) * counted);
+        details->mean_logit.narrow(0, start, len).copy_(logits.mean(1) * counted);
+        details->log_sum_sq_probs.narrow(0, start, len)
+            .copy_((2 * log_p).logsumexp(1) * counted);
+        details->is_top1.narrow(0, start, len).copy_((logits.argmax(1) == y) & counted);
+      }
       if (stats != nullptr) {
         const torch::Tensor p = (logits - log_z.unsqueeze(1)).exp();
         const torch::Tensor entropy = log_z - (p * logits).sum(1);
@@ -183,6 +197,43 @@ class ChunkedSequenceLogprobSum : public torch::autograd::Function<ChunkedSequen
   }
 };
 
+// Per-token logprob: hidden [B, T, H], labels [B, T] -> [B, T].
+class ChunkedTokenLogprobs : public torch::autograd::Function<ChunkedTokenLogprobs> {
+ public:
+  static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
+                               const torch::Tensor& lm_head, const torch::Tensor& labels,
+                               double softcap, int64_t chunk, TokenDetails* details) {
+    const int64_t batch = labels.size(0), length = labels.size(1);
+    const torch::Tensor flat_hidden = hidden.reshape({batch * length, hidden.size(2)});
+    const torch::Tensor flat_labels = labels.reshape({batch * length});
+    const ChunkedHead head{flat_hidden, lm_head, flat_labels, softcap_of(softcap), chunk};
+    torch::Tensor out = head.token_logprobs(nullptr, details).view({batch, length});
+    ctx->save_for_backward({flat_hidden, lm_head, flat_labels});
+    ctx->saved_data["softcap"] = softcap;
+    ctx->saved_data["chunk"] = chunk;
+    ctx->saved_data["hidden_sizes"] = hidden.sizes();
+    return out;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const std::vector<int64_t> sizes = ctx->saved_data["hidden_sizes"].toIntVector();
+    auto [grad_h, grad_w] =
+        saved_head(ctx, saved)
+            .backward(grad_out[0].reshape({-1}), ctx->needs_input_grad(0),
+                      ctx->needs_input_grad(1));
+    if (grad_h.defined()) grad_h = grad_h.view(sizes);
+    return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+  }
+};
+
+void reshape_details(TokenDetails* details, int64_t batch, int64_t length) {
+  if (details == nullptr) return;
+  for (torch::Tensor* t :
+       {&details->entropy, &details->mean_logit, &details->is_top1, &details->log_sum_sq_probs})
+    *t = t->view({batch, length});
+}
+
 }  // namespace
 
 torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::Tensor& lm_head,
@@ -236,6 +287,37 @@ SequenceLogprobs sequence_logprobs_reference(const torch::Tensor& hidden,
                                      .gather(-1, y.clamp_min(0).unsqueeze(-1))
                                      .squeeze(-1);
   return {(logprobs * keep).sum(1), keep.sum(1)};
+}
+
+torch::Tensor chunked_token_logprobs(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                     const torch::Tensor& labels, std::optional<double> softcap,
+                                     int64_t chunk_tokens, TokenDetails* details) {
+  TORCH_CHECK(hidden.dim() == 3 && labels.dim() == 2 && hidden.size(0) == labels.size(0) &&
+                  hidden.size(1) == labels.size(1),
+              "chunked_token_logprobs: hidden [B, T, H] and labels [B, T]");
+  TORCH_CHECK(chunk_tokens > 0, "chunked_token_logprobs: chunk_tokens must be positive");
+  torch::Tensor out = ChunkedTokenLogprobs::apply(hidden, lm_head, labels.to(torch::kInt64),
+                                                  softcap.value_or(0.0), chunk_tokens, details);
+  reshape_details(details, labels.size(0), labels.size(1));
+  return out;
+}
+
+torch::Tensor token_logprobs_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                       const torch::Tensor& labels, std::optional<double> softcap,
+                                       TokenDetails* details) {
+  const torch::Tensor y = labels.to(torch::kInt64);
+  const torch::Tensor keep = y != kIgnoreIndex;
+  const torch::Tensor logits = capped_logits(hidden, lm_head, softcap);
+  const torch::Tensor log_p = logits.log_softmax(-1);
+  if (details != nullptr) {
+    torch::NoGradGuard no_grad;
+    const torch::Tensor p = log_p.exp();
+    details->entropy = -(p * log_p).sum(-1) * keep;
+    details->mean_logit = logits.mean(-1) * keep;
+    details->log_sum_sq_probs = (2 * log_p).logsumexp(-1) * keep;
+    details->is_top1 = (logits.argmax(-1) == y) & keep;
+  }
+  return log_p.gather(-1, y.clamp_min(0).unsqueeze(-1)).squeeze(-1) * keep;
 }
 
 }  // namespace gemma

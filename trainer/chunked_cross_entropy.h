@@ -63,4 +63,28 @@ SequenceLogprobs sequence_logprobs_reference(const torch::Tensor& hidden,
                                              const torch::Tensor& labels,
                                              std::optional<double> softcap);
 
+// What TRL's fused LM head reports per token besides the log-probability (qlora-formats.md
+// §4.5), each [B, T] and detached: the entropy of the predicted distribution, the mean over the
+// vocabulary of the (softcapped) logits, whether the label is the first argmax, and log Σ_v p_v²
+// (WPO's weights). Zero (false) where the label is kIgnoreIndex.
+struct TokenDetails {
+  torch::Tensor entropy;
+  torch::Tensor mean_logit;
+  torch::Tensor is_top1;
+  torch::Tensor log_sum_sq_probs;
+};
+
+// Per-token log p(labels[b, t]) [B, T], 0 where the label is kIgnoreIndex, hidden [B, T, H]
+// aligned with labels [B, T] as for chunked_sequence_logprobs; gradients reach `hidden` and
+// `lm_head` (when it requires grad) through any function of the result. Fills `details` when
+// given, from the same chunks.
+torch::Tensor chunked_token_logprobs(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                     const torch::Tensor& labels, std::optional<double> softcap,
+                                     int64_t chunk_tokens = 1024, TokenDetails* details = nullptr);
+
+// The same in one piece: the oracle for the chunked one.
+torch::Tensor token_logprobs_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,
+                                       const torch::Tensor& labels, std::optional<double> softcap,
+                                       TokenDetails* details = nullptr);
+
 }  // namespace gemma

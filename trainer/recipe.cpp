@@ -58,6 +58,9 @@ constexpr Choice<OptimizerName> kOptimizers[] = {
     {"paged_adamw_32bit", OptimizerName::kPagedAdamw32bit}};
 constexpr Choice<TruncationMode> kTruncationModes[] = {{"keep_start", TruncationMode::kKeepStart},
                                                        {"keep_end", TruncationMode::kKeepEnd}};
+constexpr Choice<SamplingStrategy> kSamplingStrategies[] = {
+    {"random", SamplingStrategy::kRandom}, {"sequential", SamplingStrategy::kSequential}};
+constexpr Choice<RefModel> kRefModels[] = {{"auto", RefModel::kAuto}, {"base", RefModel::kBase}};
 constexpr Choice<PackingStrategy> kPackingStrategies[] = {{"bfd", PackingStrategy::kBfd},
                                                           {"wrapped", PackingStrategy::kWrapped}};
 constexpr Choice<LossNormalization> kLossNormalizations[] = {
@@ -432,6 +435,31 @@ Field loss_type_field() {
           }};
 }
 
+Field loss_weights_field() {
+  return {"training", "loss_weights", kDpo,
+          [](const Value& v, const std::string& file, Recipe& r) {
+            std::vector<double> weights;
+            if (v.node.IsScalar()) refuse(v, "a list of numbers, one per loss type");
+            if (!v.node.IsNull()) {
+              if (!v.node.IsSequence()) refuse(v, "a list of numbers, one per loss type");
+              for (size_t i = 0; i < v.node.size(); ++i) {
+                const YAML::Node item = v.node[i];
+                double w = 0;
+                read_value(element(v, item, i, file), w);
+                weights.push_back(w);
+              }
+            }
+            r.training.loss_weights = weights;
+          },
+          [](const Recipe& r) {
+            const std::vector<double>& w = r.training.loss_weights;
+            if (w.empty()) return std::string("null");
+            std::string s = "[";
+            for (size_t i = 0; i < w.size(); ++i) s += (i ? ", " : "") + yaml_text(w[i]);
+            return s + "]";
+          }};
+}
+
 const std::vector<Field>& recipe_fields() {
   using M = ModelSection;
   using P = PeftSection;
@@ -511,6 +539,21 @@ const std::vector<Field>& recipe_fields() {
       loss_type_field(),
       plain("training", "desirable_weight", kT, &T::desirable_weight, kKto),
       plain("training", "undesirable_weight", kT, &T::undesirable_weight, kKto),
+      choice("training", "train_sampling_strategy", kT, &T::train_sampling_strategy,
+             kSamplingStrategies, kKto),
+      loss_weights_field(),
+      plain("training", "label_smoothing", kT, &T::label_smoothing, kDpo),
+      plain("training", "f_divergence_type", kT, &T::f_divergence_type, kDpo),
+      plain("training", "f_alpha_divergence_coef", kT, &T::f_alpha_divergence_coef, kDpo),
+      plain("training", "ld_alpha", kT, &T::ld_alpha, kDpo),
+      plain("training", "use_weighting", kT, &T::use_weighting, kDpo),
+      plain("training", "discopop_tau", kT, &T::discopop_tau, kDpo),
+      plain("training", "precompute_ref_log_probs", kT, &T::precompute_ref_log_probs,
+            kDpo | kKto),
+      plain("training", "precompute_ref_batch_size", kT, &T::precompute_ref_batch_size,
+            kDpo | kKto),
+      plain("training", "disable_dropout", kT, &T::disable_dropout, kDpo | kKto),
+      choice("training", "ref_model", kT, &T::ref_model, kRefModels, kDpo | kKto),
 
       plain("export", "merged", kX, &X::merged),
       choice("export", "merged_dtype", kX, &X::merged_dtype, kFloatDtypes),
@@ -951,6 +994,35 @@ void validate(const Recipe& recipe) {
     check.expect(std::find(losses.begin(), losses.end(), loss) != losses.end(),
                  "training.loss_type", "one of " + join(losses) + " (method " + method + ")",
                  yaml_quoted(loss));
+
+  if (t.method == TrainingMethod::kDpo) {
+    static const std::vector<std::string> kDivergences = {"reverse_kl", "forward_kl",
+                                                          "js_divergence", "alpha_divergence"};
+    check.expect(std::find(kDivergences.begin(), kDivergences.end(), t.f_divergence_type) !=
+                     kDivergences.end(),
+                 "training.f_divergence_type",
+                 "one of reverse_kl, forward_kl, js_divergence or alpha_divergence",
+                 yaml_quoted(t.f_divergence_type));
+    if (!t.loss_weights.empty())
+      check.expect(t.loss_weights.size() == t.loss_type.size(), "training.loss_weights",
+                   "one weight per training.loss_type (" + std::to_string(t.loss_type.size()) + ")",
+                   std::to_string(t.loss_weights.size()) + " weights");
+    check.positive(t.discopop_tau, "training.discopop_tau");
+  }
+  if (t.precompute_ref_batch_size)
+    check.positive(*t.precompute_ref_batch_size, "training.precompute_ref_batch_size");
+  if (t.method == TrainingMethod::kKto && t.loss_type == std::vector<std::string>{"kto"})
+    check.expect(t.train_sampling_strategy == SamplingStrategy::kSequential,
+                 "training.train_sampling_strategy",
+                 "sequential with loss_type kto (the KL pairs are fixed neighbours in the data's "
+                 "order; random breaks them)",
+                 "random");
+  // KTOTrainer: the KL term pairs each prompt with another row's completion in the micro-batch.
+  if (t.method == TrainingMethod::kKto && t.loss_type == std::vector<std::string>{"kto"})
+    check.expect(t.per_device_train_batch_size > 1, "training.per_device_train_batch_size",
+                 "more than 1 for KTO (its KL estimate pairs each prompt with another row's "
+                 "completion of the same micro-batch; with 1 it equals the reward)",
+                 std::to_string(t.per_device_train_batch_size));
 
   check.expect(x.merged_dtype != RecipeDtype::kAuto, "export.merged_dtype",
                choice_list(kFloatDtypes), "auto");

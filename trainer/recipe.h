@@ -91,6 +91,14 @@ enum class ReportTarget { kTensorboard };
 // accepts_loss_kwargs is False: the class TRL loads for released Gemma 4 checkpoints).
 enum class LossNormalization { kWindowTokens, kMicroBatch };
 
+// training.ref_model: what DPO and KTO compare the policy with. auto (TRL with ref_model=None):
+// the adapter the run started from, frozen, when it continues one (peft.adapter_name_or_path),
+// else the base with the adapters off; base: always the base (TRL given the base as ref_model).
+enum class RefModel { kAuto, kBase };
+
+// training.train_sampling_strategy (KTOConfig): the order rows are read in each epoch.
+enum class SamplingStrategy { kRandom, kSequential };
+
 // training.resume_from_checkpoint: false (start fresh), true (the newest checkpoint-N in
 // output_dir) or a checkpoint folder.
 struct ResumeFromCheckpoint {
@@ -148,6 +156,21 @@ struct TrainingSection {
   std::vector<std::string> loss_type = {"nll"};
   double desirable_weight = 1.0;  // KTOConfig
   double undesirable_weight = 1.0;
+  // KTOConfig: sequential, as the KL pairs are each row's neighbours in the data's order.
+  SamplingStrategy train_sampling_strategy = SamplingStrategy::kSequential;
+  // DPOConfig
+  std::vector<double> loss_weights;  // empty: 1.0 per loss type
+  double label_smoothing = 0.0;
+  std::string f_divergence_type = "reverse_kl";
+  double f_alpha_divergence_coef = 0.5;
+  std::optional<double> ld_alpha;
+  bool use_weighting = false;
+  double discopop_tau = 0.05;
+  // DPOConfig and KTOConfig
+  bool precompute_ref_log_probs = false;
+  std::optional<int64_t> precompute_ref_batch_size;  // null: per_device_{train,eval}_batch_size
+  bool disable_dropout = true;
+  RefModel ref_model = RefModel::kAuto;
 };
 
 struct ExportSection {

@@ -1,5 +1,6 @@
 #include "trainer/sft_objective.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "trainer/sft_batch.h"
@@ -48,13 +49,17 @@ MicroBatchResult SftObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const torch::Tensor shifted_hidden = hidden.narrow(1, 0, t - 1).reshape({b * (t - 1), h});
   const torch::Tensor shifted_labels = batch.labels.narrow(1, 1, t - 1).reshape({-1}).to(device);
   MicroBatchResult result;
+  TokenStats stats;
   const torch::Tensor sum = chunked_causal_lm_loss_sum(
       shifted_hidden, model->lm_head_weight(), shifted_labels,
-      model->config().final_logit_softcapping, chunk_tokens_, &result.stats);
+      model->config().final_logit_softcapping, chunk_tokens_, &stats);
   const torch::Tensor loss = sum / normalizer;
   if (backward) loss.backward();
   result.loss = loss.item<double>();
   result.num_tokens = batch.num_tokens;
+  const auto count = static_cast<double>(std::max<int64_t>(1, stats.count));
+  result.metrics = {{"entropy", stats.entropy_sum / count},
+                    {"mean_token_accuracy", static_cast<double>(stats.correct) / count}};
   return result;
 }
 

@@ -32,8 +32,7 @@ json progress_json(const TrainingProgress& p) {
           {"train_loss_sum", p.train_loss_sum},
           {"log_loss_sum", p.log_loss_sum},
           {"log_steps", p.log_steps},
-          {"log_entropy", p.log_entropy},
-          {"log_accuracy", p.log_accuracy}};
+          {"log_metrics", p.log_metrics}};
 }
 
 std::optional<int64_t> checkpoint_step(const fs::path& dir) {
@@ -119,8 +118,12 @@ TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM
     p.train_loss_sum = g.at("train_loss_sum").get<double>();
     p.log_loss_sum = g.at("log_loss_sum").get<double>();
     p.log_steps = g.at("log_steps").get<int64_t>();
-    p.log_entropy = g.at("log_entropy").get<std::vector<double>>();
-    p.log_accuracy = g.at("log_accuracy").get<std::vector<double>>();
+    if (g.contains("log_metrics")) {
+      p.log_metrics = g.at("log_metrics").get<std::map<std::string, std::vector<double>>>();
+    } else {  // SFT checkpoints of the first trainer release
+      p.log_metrics["entropy"] = g.at("log_entropy").get<std::vector<double>>();
+      p.log_metrics["mean_token_accuracy"] = g.at("log_accuracy").get<std::vector<double>>();
+    }
     p.log_history = state.at("log_history");
     if (run != nullptr) *run = state.at("run");
   } catch (const json::exception& e) {

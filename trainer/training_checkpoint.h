@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,8 +30,8 @@ struct TrainingProgress {
   // Since the last logged step:
   double log_loss_sum = 0;
   int64_t log_steps = 0;
-  std::vector<double> log_entropy;  // per micro-batch means, as TRL appends them
-  std::vector<double> log_accuracy;
+  // The objective's metrics, one value per micro-batch as TRL appends them, by name.
+  std::map<std::string, std::vector<double>> log_metrics;
   nlohmann::json log_history = nlohmann::json::array();  // every logged metrics object
 };
 

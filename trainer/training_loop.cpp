@@ -12,6 +12,7 @@
 #include <iostream>
 #include <limits>
 #include <memory>
+#include <numeric>
 #include <random>
 #include <set>
 #include <sstream>
@@ -36,6 +37,11 @@
 #include "peft/peft_adapter.h"
 #include "trainer/metrics_plot.h"
 #include "trainer/progress_bar.h"
+#include "data/preference_dataset.h"
+#include "trainer/dpo_objective.h"
+#include "trainer/kto_objective.h"
+#include "trainer/reference_logps_cache.h"
+#include "trainer/reference_model.h"
 #include "trainer/sft_objective.h"
 #include "trainer/training_checkpoint.h"
 
@@ -266,20 +272,19 @@ class RunLog {
 
 struct EvalResult {
   double loss = 0;
-  double entropy = 0;
-  double accuracy = 0;
+  std::map<std::string, double> metrics;  // the objective's, averaged over batches
   double seconds = 0;
 };
 
 // The Trainer's evaluation: per-batch mean losses averaged with each batch's row count as weight;
-// entropy and token accuracy averaged over batches, as TRL appends them.
+// the objective's metrics averaged over the batches that report them, as TRL appends them.
 EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int64_t batch_size) {
   const auto start = std::chrono::steady_clock::now();
   model->eval();
   EvalResult r;
   double weighted = 0;
   int64_t rows = 0;
-  std::vector<double> entropy, accuracy;
+  std::map<std::string, std::vector<double>> metrics;
   const int64_t n = objective.size(Split::kEval);
   for (int64_t begin = 0; begin < n; begin += batch_size) {
     std::vector<int64_t> indices;
@@ -289,16 +294,94 @@ EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int6
     const MicroBatchResult m = objective.run(model, indices, Split::kEval, units, false);
     weighted += m.loss * static_cast<double>(indices.size());
     rows += static_cast<int64_t>(indices.size());
-    const auto count = static_cast<double>(std::max<int64_t>(1, m.stats.count));
-    entropy.push_back(m.stats.entropy_sum / count);
-    accuracy.push_back(static_cast<double>(m.stats.correct) / count);
+    for (const auto& [name, value] : m.metrics) metrics[name].push_back(value);
   }
   model->train();
   r.loss = rows > 0 ? weighted / static_cast<double>(rows) : 0;
-  r.entropy = mean_of(entropy);
-  r.accuracy = mean_of(accuracy);
+  for (const auto& [name, values] : metrics) r.metrics[name] = mean_of(values);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return r;
+}
+
+// A held-out share of the training rows, as datasets' train_test_split(test_size, seed=...)
+// makes one: a seeded draw of round(eval_split · n) rows, the rest kept in order.
+template <typename Example>
+std::vector<Example> split_off_eval(std::vector<Example>* train, const Recipe& recipe) {
+  const auto n = static_cast<int64_t>(train->size());
+  const int64_t n_eval = std::max<int64_t>(
+      1, static_cast<int64_t>(std::llround(recipe.data.eval_split * static_cast<double>(n))));
+  if (n_eval >= n)
+    throw InputError(recipe.source + ": data.eval_split " + fixed(recipe.data.eval_split, 3) +
+                     " leaves no training rows out of " + std::to_string(n));
+  const std::vector<int64_t> order = epoch_order(n, recipe.training.seed, -1);
+  std::vector<uint8_t> is_eval(static_cast<size_t>(n), 0);
+  for (int64_t i = 0; i < n_eval; ++i)
+    is_eval[static_cast<size_t>(order[static_cast<size_t>(i)])] = 1;
+  std::vector<Example> kept, eval;
+  for (int64_t i = 0; i < n; ++i)
+    (is_eval[static_cast<size_t>(i)] ? eval : kept)
+        .push_back(std::move((*train)[static_cast<size_t>(i)]));
+  *train = std::move(kept);
+  return eval;
+}
+
+// The train and eval examples of one objective, read before the model loads.
+template <typename Example>
+struct TrainEval {
+  std::vector<Example> train, eval;
+};
+
+template <typename Example, typename Read>
+TrainEval<Example> read_train_eval(const Recipe& recipe, const Read& read) {
+  TrainEval<Example> data;
+  data.train = read(paths_of(recipe.data.train_files), true);
+  if (!recipe.data.eval_files.empty()) {
+    data.eval = read(paths_of(recipe.data.eval_files), false);
+  } else if (recipe.data.eval_split > 0) {
+    data.eval = split_off_eval(&data.train, recipe);
+  }
+  return data;
+}
+
+std::string report_text(const char* what, const PreferenceDataReport& r) {
+  std::string out = std::to_string(r.rows) + " rows (" + what + ")";
+  if (r.skipped_invalid) out += ", " + std::to_string(r.skipped_invalid) + " invalid rows skipped";
+  if (r.dropped_long_prompt)
+    out += ", " + std::to_string(r.dropped_long_prompt) +
+           " dropped (their prompt alone fills max_length)";
+  if (r.prompt_not_prefix)
+    out += "; in " + std::to_string(r.prompt_not_prefix) +
+           " the tokenized prompt is not a prefix of prompt + completion (tokens merge across "
+           "the boundary, or the template renders a prompt alone differently): the completion "
+           "starts where they part, as in TRL";
+  return out;
+}
+
+// What the reference log-probs depend on, for precompute_ref_log_probs' cache.
+json reference_cache_key(const Recipe& recipe, const ReferenceModel& reference,
+                         const fs::path& model_dir, const std::string& method) {
+  const TrainingSection& t = recipe.training;
+  std::vector<fs::path> data = paths_of(recipe.data.train_files);
+  json key = {{"method", method},
+              {"train_files", files_digest(paths_of(recipe.data.train_files))},
+              {"eval_files", recipe.data.eval_files.empty()
+                                 ? json(nullptr)
+                                 : json(files_digest(paths_of(recipe.data.eval_files)))},
+              {"eval_split", recipe.data.eval_split},
+              {"seed", t.seed},
+              {"model", model_identity(model_dir)},
+              {"load_in_4bit", recipe.model.load_in_4bit},
+              {"max_length", t.max_length ? json(*t.max_length) : json(nullptr)},
+              {"truncation_mode", t.truncation_mode == TruncationMode::kKeepEnd ? "keep_end"
+                                                                                : "keep_start"},
+              {"per_device_train_batch_size", t.per_device_train_batch_size},
+              {"ld_alpha", t.ld_alpha ? json(*t.ld_alpha) : json(nullptr)},
+              {"loss_type", t.loss_type},
+              {"reference", reference.is_base()
+                                ? json("base")
+                                : json(files_digest({fs::path(recipe.peft.adapter_name_or_path) /
+                                                     "adapter_model.safetensors"}))}};
+  return key;
 }
 
 void check_output_dir(const Recipe& recipe) {
@@ -328,9 +411,6 @@ void check_output_dir(const Recipe& recipe) {
 
 int run_training(const Recipe& recipe) {
   const TrainingSection& t = recipe.training;
-  if (t.method != TrainingMethod::kSft)
-    throw InputError(recipe.source + ": training.method " + recipe_name(t.method) +
-                     " comes with the preference trainers; this build trains sft");
   check_output_dir(recipe);
   // transformers' set_seed(args.seed) before anything draws: dropout masks follow from the seed.
   torch::manual_seed(static_cast<uint64_t>(t.seed));
@@ -350,52 +430,109 @@ int run_training(const Recipe& recipe) {
                      "; they are not a pair");
   SftDataOptions data_options = sft_data_options(recipe);
   read_tokenizer_settings(model_dir, &data_options);  // its eos token and template revision
-  SftDataReport train_report;
-  std::vector<SftExample> train =
-      read_sft_examples(paths_of(recipe.data.train_files), tokenizer, data_options, &train_report);
-  std::vector<SftExample> eval;
-  if (!recipe.data.eval_files.empty()) {
-    eval = read_sft_examples(paths_of(recipe.data.eval_files), tokenizer, data_options);
-  } else if (recipe.data.eval_split > 0) {
-    // A seeded split, as datasets' train_test_split(test_size, seed=...) makes one.
-    const auto n = static_cast<int64_t>(train.size());
-    const int64_t n_eval = std::max<int64_t>(
-        1, static_cast<int64_t>(std::llround(recipe.data.eval_split * static_cast<double>(n))));
-    if (n_eval >= n)
-      throw InputError(recipe.source + ": data.eval_split " + fixed(recipe.data.eval_split, 3) +
-                       " leaves no training rows out of " + std::to_string(n));
-    const std::vector<int64_t> order = epoch_order(n, t.seed, -1);
-    std::vector<uint8_t> is_eval(static_cast<size_t>(n), 0);
-    for (int64_t i = 0; i < n_eval; ++i)
-      is_eval[static_cast<size_t>(order[static_cast<size_t>(i)])] = 1;
-    std::vector<SftExample> kept;
-    for (int64_t i = 0; i < n; ++i)
-      (is_eval[static_cast<size_t>(i)] ? eval : kept)
-          .push_back(std::move(train[static_cast<size_t>(i)]));
-    train = std::move(kept);
+  const int64_t pad_id = tokenizer.special_id("<pad>").value_or(0);
+  // Per method, the examples (the objective is built once the model is loaded).
+  TrainEval<SftExample> sft;
+  TrainEval<PreferenceExample> dpo;
+  TrainEval<KtoExample> kto;
+  std::string data_summary;
+  bool padding_free = false;
+  int64_t n_eval = 0;
+  if (t.method == TrainingMethod::kSft) {
+    SftDataReport train_report;
+    sft = read_train_eval<SftExample>(recipe, [&](const std::vector<fs::path>& files, bool train) {
+      return read_sft_examples(files, tokenizer, data_options, train ? &train_report : nullptr);
+    });
+    const bool packed = t.packing;
+    if (packed) {
+      if (!t.max_length)
+        throw InputError(recipe.source + ": training.packing needs training.max_length");
+      const SftPacking how = t.packing_strategy == PackingStrategy::kWrapped ? SftPacking::kWrapped
+                                                                             : SftPacking::kBfd;
+      sft.train = pack_sft_examples(sft.train, *t.max_length, how);
+      if (!sft.eval.empty()) sft.eval = pack_sft_examples(sft.eval, *t.max_length, how);
+    }
+    padding_free = t.padding_free || (packed && t.packing_strategy == PackingStrategy::kBfd);
+    n_eval = static_cast<int64_t>(sft.eval.size());
+    data_summary =
+        std::to_string(sft.train.size()) + " training sequences" + (packed ? " (packed)" : "") +
+        " from " + std::to_string(train_report.rows) + " rows" +
+        (train_report.skipped_invalid
+             ? ", " + std::to_string(train_report.skipped_invalid) + " invalid rows skipped"
+             : "") +
+        (train_report.truncated ? ", " + std::to_string(train_report.truncated) + " truncated"
+                                : "") +
+        (train_report.dropped_no_labels ? ", " + std::to_string(train_report.dropped_no_labels) +
+                                              " without trainable tokens dropped"
+                                        : "");
+  } else if (t.method == TrainingMethod::kDpo) {
+    PreferenceDataReport train_report;
+    dpo = read_train_eval<PreferenceExample>(
+        recipe, [&](const std::vector<fs::path>& files, bool train) {
+          return read_preference_examples(files, tokenizer, data_options,
+                                          train ? &train_report : nullptr);
+        });
+    n_eval = static_cast<int64_t>(dpo.eval.size());
+    data_summary = std::to_string(dpo.train.size()) + " training pairs from " +
+                   report_text("preference", train_report);
+  } else {
+    // The KL pairs rotate within consecutive groups of per_device_train_batch_size rows of the
+    // data's order (TRL's add_kl_completion_ids, for the eval set too).
+    PreferenceDataReport train_report;
+    const int64_t group =
+        t.loss_type == std::vector<std::string>{"kto"} ? t.per_device_train_batch_size : 0;
+    kto = read_train_eval<KtoExample>(recipe, [&](const std::vector<fs::path>& files, bool train) {
+      return read_kto_examples(files, tokenizer, data_options, group,
+                               train ? &train_report : nullptr);
+    });
+    if (recipe.data.eval_split > 0 && group > 0) {
+      // A split moves rows: rotate again within the final order of each set, as TRL prepares
+      // the split datasets each on its own.
+      rotate_kl_completions(&kto.train, group);
+      rotate_kl_completions(&kto.eval, group);
+    }
+    n_eval = static_cast<int64_t>(kto.eval.size());
+    data_summary = std::to_string(kto.train.size()) + " training completions (" +
+                   std::to_string(train_report.desirable) + " desirable, " +
+                   std::to_string(train_report.undesirable) + " undesirable) from " +
+                   report_text(train_report.kind == DatasetKind::kPreference
+                                   ? "preference pairs, unpaired"
+                                   : "kto",
+                               train_report);
+    KtoLossOptions weights;
+    weights.desirable_weight = t.desirable_weight;
+    weights.undesirable_weight = t.undesirable_weight;
+    const std::string warning =
+        kto_weight_warning(train_report.desirable, train_report.undesirable, weights);
+    if (!warning.empty()) std::cerr << "[train] warning: " << warning << "\n";
   }
-  const bool packed = t.packing;
-  if (packed) {
-    if (!t.max_length)
-      throw InputError(recipe.source + ": training.packing needs training.max_length");
-    const SftPacking how =
-        t.packing_strategy == PackingStrategy::kWrapped ? SftPacking::kWrapped : SftPacking::kBfd;
-    train = pack_sft_examples(train, *t.max_length, how);
-    if (!eval.empty()) eval = pack_sft_examples(eval, *t.max_length, how);
-  }
-  const bool padding_free =
-      t.padding_free || (packed && t.packing_strategy == PackingStrategy::kBfd);
-  if (t.eval_strategy != EvalStrategy::kNo && eval.empty())
+  if (t.eval_strategy != EvalStrategy::kNo && n_eval == 0)
     throw InputError(recipe.source +
                      ": training.eval_strategy needs data.eval_files or "
                      "data.eval_split");
-  const int64_t pad_id = tokenizer.special_id("<pad>").value_or(0);
-  SftObjective objective(std::move(train), std::move(eval), pad_id, padding_free);
+  // DPO's losses and options, checked before the model loads (TRL raises at init).
+  DpoLossOptions dpo_loss_options;
+  if (t.method == TrainingMethod::kDpo) {
+    dpo_loss_options.beta = t.beta;
+    dpo_loss_options.loss_types.clear();
+    for (const std::string& name : t.loss_type)
+      dpo_loss_options.loss_types.push_back(dpo_loss_type_from_name(name, "training.loss_type"));
+    dpo_loss_options.loss_weights = t.loss_weights;
+    dpo_loss_options.label_smoothing = t.label_smoothing;
+    dpo_loss_options.f_divergence =
+        f_divergence_from_name(t.f_divergence_type, "training.f_divergence_type");
+    dpo_loss_options.f_alpha_divergence_coef = t.f_alpha_divergence_coef;
+    dpo_loss_options.discopop_tau = t.discopop_tau;
+    for (const std::string& w : check_dpo_loss_options(dpo_loss_options, t.use_weighting))
+      std::cerr << "[train] warning: " << w << "\n";
+  }
 
   // ---- steps, as the Trainer counts them.
   const int64_t batch_size = t.per_device_train_batch_size;
   const int64_t accumulation = t.gradient_accumulation_steps;
-  const int64_t n_train = objective.size(Split::kTrain);
+  const auto n_train = static_cast<int64_t>(t.method == TrainingMethod::kSft   ? sft.train.size()
+                                            : t.method == TrainingMethod::kDpo ? dpo.train.size()
+                                                                               : kto.train.size());
   const int64_t batches_per_epoch = (n_train + batch_size - 1) / batch_size;
   const int64_t steps_per_epoch =
       std::max<int64_t>(1, (batches_per_epoch + accumulation - 1) / accumulation);
@@ -410,19 +547,11 @@ int run_training(const Recipe& recipe) {
   const int64_t eval_steps = steps_of(t.eval_steps.value_or(t.logging_steps), total_steps);
 
   // ---- the model and its adapter.
-  std::cerr << "[train] " << n_train << " training sequences" << (packed ? " (packed)" : "")
-            << " from " << train_report.rows << " rows"
-            << (train_report.skipped_invalid
-                    ? ", " + std::to_string(train_report.skipped_invalid) + " invalid rows skipped"
-                    : "")
-            << (train_report.truncated
-                    ? ", " + std::to_string(train_report.truncated) + " truncated"
-                    : "")
-            << (train_report.dropped_no_labels
-                    ? ", " + std::to_string(train_report.dropped_no_labels) +
-                          " without trainable tokens dropped"
-                    : "")
-            << "; " << objective.size(Split::kEval) << " eval sequences\n";
+  std::cerr << "[train] " << data_summary << "; " << n_eval << " eval "
+            << (t.method == TrainingMethod::kSft   ? "sequences"
+                : t.method == TrainingMethod::kDpo ? "pairs"
+                                                   : "completions")
+            << "\n";
   Gemma4LoadOptions load;
   load.dtype = recipe.model.load_in_4bit
                    ? torch_dtype(recipe.model.bnb_4bit_compute_dtype, model_dir)
@@ -448,6 +577,49 @@ int run_training(const Recipe& recipe) {
   model->train();
   const NamedTensors params = trainable_parameters(model);
   if (params.empty()) throw InputError(recipe.source + ": peft.target_modules match no module");
+
+  // ---- the objective. DPO and KTO: dropout off everywhere (TRL's disable_dropout, LoRA's too)
+  // and the reference model.
+  const bool preference = t.method != TrainingMethod::kSft;
+  if (preference && t.disable_dropout) {
+    for (const auto& [path, lora] : lora_adapters(model)) lora->set_dropout(0.0);
+  }
+  const bool frozen_reference =
+      preference && t.ref_model == RefModel::kAuto && !recipe.peft.adapter_name_or_path.empty();
+  ReferenceModel reference =
+      frozen_reference ? ReferenceModel::frozen_adapter(model) : ReferenceModel();
+  std::unique_ptr<TrainingObjective> objective;
+  DpoObjective* dpo_objective = nullptr;
+  KtoObjective* kto_objective = nullptr;
+  if (t.method == TrainingMethod::kSft) {
+    objective = std::make_unique<SftObjective>(std::move(sft.train), std::move(sft.eval), pad_id,
+                                               padding_free);
+  } else if (t.method == TrainingMethod::kDpo) {
+    DpoObjectiveOptions o;
+    o.loss = dpo_loss_options;
+    o.use_weighting = t.use_weighting;
+    o.ld_alpha = t.ld_alpha;
+    o.max_length = t.max_length;
+    o.truncation = data_options.truncation;
+    o.pad_id = pad_id;
+    auto d = std::make_unique<DpoObjective>(std::move(dpo.train), std::move(dpo.eval), o,
+                                            reference);
+    dpo_objective = d.get();
+    objective = std::move(d);
+  } else {
+    KtoObjectiveOptions o;
+    o.loss.beta = t.beta;
+    o.loss.desirable_weight = t.desirable_weight;
+    o.loss.undesirable_weight = t.undesirable_weight;
+    o.loss.loss_type = kto_loss_type_from_name(t.loss_type.front(), "training.loss_type");
+    o.max_length = t.max_length;
+    o.pad_id = pad_id;
+    o.sequential = t.train_sampling_strategy == SamplingStrategy::kSequential;
+    auto k = std::make_unique<KtoObjective>(std::move(kto.train), std::move(kto.eval), o,
+                                            reference);
+    kto_objective = k.get();
+    objective = std::move(k);
+  }
 
   // ---- optimizer and schedule.
   std::vector<ParamGroup> groups = decay_parameter_groups(params, t.weight_decay);
@@ -519,6 +691,57 @@ int run_training(const Recipe& recipe) {
               << "\n";
   }
   fs::create_directories(output_dir);
+  if (preference && t.precompute_ref_log_probs) {
+    // One pass of the reference over the data before training (or the cache of an earlier one).
+    const json key = reference_cache_key(recipe, reference, model_dir, recipe_name(t.method));
+    std::optional<ReferenceLogpsCache> cache = read_reference_logps(output_dir, key);
+    if (cache) {
+      std::cerr << "[train] reference log-probs from " << (output_dir / kReferenceLogpsFile).string()
+                << "\n";
+    } else {
+      cache = ReferenceLogpsCache{key, {}, {}};
+      model->eval();
+      for (const Split split : {Split::kTrain, Split::kEval}) {
+        if (objective->size(split) == 0) continue;
+        const int64_t size = t.precompute_ref_batch_size.value_or(
+            split == Split::kTrain ? t.per_device_train_batch_size : t.per_device_eval_batch_size);
+        const auto report = [&](int64_t done, int64_t total) {
+          std::cerr << "\r[train] reference log-probs (" << (split == Split::kTrain ? "train" : "eval")
+                    << "): " << done << "/" << total << std::flush;
+        };
+        std::vector<std::vector<double>>& out = split == Split::kTrain ? cache->train : cache->eval;
+        if (dpo_objective) {
+          for (const ReferenceLogps& r :
+               dpo_objective->compute_reference_logps(model, split, size, report))
+            out.push_back({r.chosen, r.rejected});
+        } else {
+          for (const KtoReferenceLogps& r :
+               kto_objective->compute_reference_logps(model, split, size, report))
+            out.push_back({r.completion, r.kl});
+        }
+        std::cerr << "\n";
+      }
+      model->train();
+      write_reference_logps(output_dir, *cache);
+    }
+    for (const Split split : {Split::kTrain, Split::kEval}) {
+      const std::vector<std::vector<double>>& values =
+          split == Split::kTrain ? cache->train : cache->eval;
+      if (objective->size(split) == 0) continue;
+      if (static_cast<int64_t>(values.size()) != objective->size(split))
+        throw InputError((output_dir / kReferenceLogpsFile).string() +
+                         ": holds another number of examples; remove it to recompute");
+      if (dpo_objective) {
+        std::vector<ReferenceLogps> logps;
+        for (const auto& v : values) logps.push_back({v.at(0), v.at(1)});
+        dpo_objective->use_reference_logps(split, std::move(logps));
+      } else {
+        std::vector<KtoReferenceLogps> logps;
+        for (const auto& v : values) logps.push_back({v.at(0), v.at(1)});
+        kto_objective->use_reference_logps(split, std::move(logps));
+      }
+    }
+  }
   const bool tensorboard = !t.report_to.empty();
   RunLog log(output_dir, tensorboard, progress.log_history);
 
@@ -532,12 +755,13 @@ int run_training(const Recipe& recipe) {
            static_cast<double>(progress.batches_in_epoch) / static_cast<double>(batches_per_epoch);
   };
   const auto run_eval = [&](ProgressBar& bar) {
-    const EvalResult e = evaluate(model, objective, t.per_device_eval_batch_size);
-    log_entry({{"eval_loss", e.loss},
-               {"eval_entropy", e.entropy},
-               {"eval_mean_token_accuracy", e.accuracy},
-               {"eval_runtime", e.seconds},
-               {"epoch", epoch_now()}});
+    const EvalResult e = evaluate(model, *objective, t.per_device_eval_batch_size);
+    json entry = {{"eval_loss", e.loss},
+                  {"eval_runtime", e.seconds},
+                  {"eval_num_tokens", progress.num_tokens},
+                  {"epoch", epoch_now()}};
+    for (const auto& [name, value] : e.metrics) entry["eval_" + name] = value;
+    log_entry(entry);
     bar.message("step " + std::to_string(progress.global_step) + ": eval_loss " + fixed(e.loss, 4));
   };
   const auto save = [&] {
@@ -562,14 +786,20 @@ int run_training(const Recipe& recipe) {
   const int64_t first_step = progress.global_step;
   if (t.eval_on_start && progress.global_step == 0) run_eval(bar);
 
-  std::vector<int64_t> order = epoch_order(n_train, t.seed, progress.epoch);
+  const auto order_of = [&](int64_t epoch) {
+    if (!objective->sequential()) return epoch_order(n_train, t.seed, epoch);
+    std::vector<int64_t> in_order(static_cast<size_t>(n_train));
+    std::iota(in_order.begin(), in_order.end(), int64_t{0});
+    return in_order;
+  };
+  std::vector<int64_t> order = order_of(progress.epoch);
   double last_loss = 0;
   while (progress.global_step < total_steps) {
     if (progress.batches_in_epoch >= batches_per_epoch) {
       if (t.eval_strategy == EvalStrategy::kEpoch) run_eval(bar);
       ++progress.epoch;
       progress.batches_in_epoch = 0;
-      order = epoch_order(n_train, t.seed, progress.epoch);
+      order = order_of(progress.epoch);
     }
     // The window: up to gradient_accumulation_steps micro-batches, fewer at an epoch's end.
     std::vector<std::vector<int64_t>> window;
@@ -582,7 +812,7 @@ int run_training(const Recipe& recipe) {
       window.push_back(std::move(indices));
     }
     int64_t units = 0;
-    for (const auto& indices : window) units += objective.loss_units(indices, Split::kTrain);
+    for (const auto& indices : window) units += objective->loss_units(indices, Split::kTrain);
     const auto normalizer = static_cast<double>(std::max<int64_t>(1, units));
     const bool per_micro_batch = t.loss_normalization == LossNormalization::kMicroBatch;
     double step_loss = 0;
@@ -590,15 +820,13 @@ int run_training(const Recipe& recipe) {
       // micro_batch: this micro-batch's token mean, then the mean over the window's micro-batches
       const double divisor = per_micro_batch
                                  ? static_cast<double>(std::max<int64_t>(
-                                       1, objective.loss_units(indices, Split::kTrain))) *
+                                       1, objective->loss_units(indices, Split::kTrain))) *
                                        static_cast<double>(window.size())
                                  : normalizer;
-      const MicroBatchResult m = objective.run(model, indices, Split::kTrain, divisor, true);
+      const MicroBatchResult m = objective->run(model, indices, Split::kTrain, divisor, true);
       step_loss += m.loss;
       progress.num_tokens += m.num_tokens;
-      const auto count = static_cast<double>(std::max<int64_t>(1, m.stats.count));
-      progress.log_entropy.push_back(m.stats.entropy_sum / count);
-      progress.log_accuracy.push_back(static_cast<double>(m.stats.correct) / count);
+      for (const auto& [name, value] : m.metrics) progress.log_metrics[name].push_back(value);
     }
     const double grad_norm = clip_grad_norm(
         params, t.max_grad_norm > 0 ? t.max_grad_norm : std::numeric_limits<double>::infinity());
@@ -624,17 +852,15 @@ int run_training(const Recipe& recipe) {
                     {"grad_norm", grad_norm},
                     // the rate this step used, as the Trainer logs it
                     {"learning_rate", t.learning_rate * schedule.lr_at(progress.global_step - 1)},
-                    {"entropy", mean_of(progress.log_entropy)},
                     {"num_tokens", progress.num_tokens},
-                    {"mean_token_accuracy", mean_of(progress.log_accuracy)},
                     {"epoch", epoch_now()},
                     {"tokens_per_second", tokens_per_second},
                     {"peak_memory_bytes", peak_memory_bytes()}};
+      for (const auto& [name, values] : progress.log_metrics) entry[name] = mean_of(values);
       log_entry(entry);
       progress.log_loss_sum = 0;
       progress.log_steps = 0;
-      progress.log_entropy.clear();
-      progress.log_accuracy.clear();
+      progress.log_metrics.clear();
       log_start = now;
       tokens_at_log = progress.num_tokens;
     }

@@ -1,6 +1,6 @@
 // What the training loop optimizes, apart from the loop (torchtune's recipe/loss split): an
 // objective owns its prepared train and eval examples and maps (model, the examples of one
-// micro-batch) to a loss and TRL's metrics. SFT is the first; DPO and KTO plug in the same way.
+// micro-batch) to a loss and TRL's metrics: SFT, DPO and KTO.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +19,9 @@ enum class Split { kTrain, kEval };
 struct MicroBatchResult {
   double loss = 0;         // Σ per-unit loss / normalizer
   int64_t num_tokens = 0;  // TRL's num_tokens (attention-mask sum, or the row length)
-  TokenStats stats;        // counted tokens, argmax hits, entropy sum
+  // The trainer's metrics of this micro-batch by TRL's names ("entropy", "rewards/chosen", ...):
+  // TRL appends one value per micro-batch and logs the plain mean of them since the last log.
+  std::map<std::string, double> metrics;
 };
 
 class TrainingObjective {
@@ -32,6 +34,9 @@ class TrainingObjective {
   // Forward (and backward when `backward`) of one micro-batch, its loss divided by `normalizer`.
   virtual MicroBatchResult run(Gemma4ForCausalLM& model, const std::vector<int64_t>& indices,
                                Split split, double normalizer, bool backward) = 0;
+  // Whether the train examples are read in dataset order rather than shuffled per epoch (KTO's
+  // train_sampling_strategy "sequential", its default: the KL pairs are fixed neighbours).
+  virtual bool sequential() const { return false; }
 };
 
 }  // namespace gemma

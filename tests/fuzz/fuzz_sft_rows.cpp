@@ -1,11 +1,13 @@
 // libFuzzer target: one JSONL line -> JSON -> dataset shape -> typed row -> SFT tokenization
-// (bundled tokenizer) and bfd packing. Bad input must end in an InputError, never a crash.
+// (bundled tokenizer) and bfd packing, or for preference rows (implicit prompts included) DPO's
+// and KTO's tokenization and the unpairing. Bad input must end in an InputError, never a crash.
 #include <cstddef>
 #include <cstdint>
 #include <string>
 
 #include "data/dataset_rows.h"
 #include "data/jsonl_reader.h"
+#include "data/preference_dataset.h"
 #include "data/sft_dataset.h"
 #include "data/sft_tokenization.h"
 #include "io/input_error.h"
@@ -23,7 +25,23 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const nlohmann::json value = gemma::parse_json_row(text, "fuzz:1");
     const gemma::DatasetKind kind = gemma::detect_dataset_kind(value, "fuzz:1");
     const gemma::DatasetRow row = gemma::parse_dataset_row(value, kind, "fuzz:1");
-    if (kind == gemma::DatasetKind::kPreference || kind == gemma::DatasetKind::kKto) return 0;
+    if (kind == gemma::DatasetKind::kPreference || kind == gemma::DatasetKind::kKto) {
+      const gemma::SftDataOptions options;
+      try {
+        if (kind == gemma::DatasetKind::kPreference) {
+          const gemma::PreferenceExample e =
+              gemma::tokenize_preference_row(row, tokenizer, options, "fuzz:1");
+          if (e.chosen_ids.empty() && e.rejected_ids.empty()) __builtin_trap();
+          (void)gemma::preference_example_json(e);
+          for (const gemma::DatasetRow& r : gemma::unpair_preference_rows({row}))
+            (void)gemma::kto_example_json(gemma::tokenize_kto_row(r, tokenizer, options, "fuzz:1"));
+        } else {
+          (void)gemma::kto_example_json(gemma::tokenize_kto_row(row, tokenizer, options, "fuzz:1"));
+        }
+      } catch (const gemma::InputError&) {
+      }
+      return 0;
+    }
     for (const bool assistant_only : {false, true}) {
       gemma::SftDataOptions options;
       options.assistant_only_loss = assistant_only;

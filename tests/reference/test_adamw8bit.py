@@ -26,7 +26,7 @@ SHAPES = {
 def driver():
     path = os.environ.get("GEMMA_ADAMW8BIT_DRIVER")
     if not path or not os.path.exists(path):
-        pytest.skip("GEMMA_ADAMW8BIT_DRIVER not set (the ctest reference_tests sets it)")
+        pytest.skip("GEMMA_ADAMW8BIT_DRIVER not set (the reference ctest entries set it)")
     return path
 
 

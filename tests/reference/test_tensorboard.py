@@ -40,7 +40,7 @@ SCALARS = [
 def driver():
     path = os.environ.get("GEMMA_TB_DRIVER")
     if not path or not os.path.exists(path):
-        pytest.skip("GEMMA_TB_DRIVER not set (the ctest reference_tests sets it)")
+        pytest.skip("GEMMA_TB_DRIVER not set (the reference ctest entries set it)")
     return path
 
 

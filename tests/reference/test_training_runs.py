@@ -61,10 +61,17 @@ training:
     return path
 
 
-def wait_for(path, proc, seconds=300):
+def start_run(gemma_train, recipe_path, log):
+    """Starts a training run in the background; its output goes to a file (a pipe nobody reads
+    while the test waits could fill and stall the run)."""
+    with open(log, "w") as err:
+        return subprocess.Popen([gemma_train, "--recipe", recipe_path], stdout=subprocess.DEVNULL, stderr=err)
+
+
+def wait_for(path, proc, log, seconds=300):
     start = time.time()
     while not path.exists():
-        assert proc.poll() is None, f"the run ended before {path} appeared: {proc.stderr.read()}"
+        assert proc.poll() is None, f"the run ended before {path} appeared: {log.read_text()}"
         assert time.time() - start < seconds
         time.sleep(0.01)
 
@@ -81,10 +88,11 @@ def test_a_killed_run_resumes_to_the_same_adapter(gemma_train, setup, uninterrup
     root, model, data = setup
     out = root / "killed"
     r = recipe(root, model, data, out, "killed.yaml")
-    proc = subprocess.Popen([gemma_train, "--recipe", r], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(out / "checkpoint-3" / "trainer_state.json", proc)
+    log = root / "killed.log"
+    proc = start_run(gemma_train, r, log)
+    wait_for(out / "checkpoint-3" / "trainer_state.json", proc, log)
     proc.kill()
-    proc.wait()
+    proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "adapter_model.safetensors").exists()
     run(gemma_train, "--recipe", r, "--set", f"training.resume_from_checkpoint={out / 'checkpoint-3'}")
@@ -102,14 +110,16 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(gemma_train, setup, uninterrupte
     root, model, data = setup
     out = root / "interrupted"
     r = recipe(root, model, data, out, "interrupted.yaml", save_steps=100)
-    proc = subprocess.Popen([gemma_train, "--recipe", r], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = root / "interrupted.log"
+    proc = start_run(gemma_train, r, log)
     metrics = out / "metrics.jsonl"
     start = time.time()
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.time() - start < 300
+        assert proc.poll() is None and time.time() - start < 300, log.read_text()
         time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=300)
+    proc.wait(timeout=300)
+    err = log.read_text()
     assert proc.returncode == 130, err
     saved = sorted(out.glob("checkpoint-*"))
     assert len(saved) == 1 and "interrupted at step" in err and "resume_from_checkpoint" in err

@@ -125,5 +125,43 @@ TEST(ChunkedSequenceLogprobs, FrozenHeadAndFloat32) {
   EXPECT_LT(scaled_error(a.sum, sequence_logprobs_reference(h32, w32, labels, 30.0).sum), 1e-5);
 }
 
+// Per-token log-probs and TRL's per-token details (entropy, mean logit, top-1, log Σp²) equal the
+// unchunked computation, and gradients through an arbitrary per-token weighting do too.
+TEST(ChunkedTokenLogprobs, EqualsUnchunkedValuesDetailsAndGradients) {
+  for (const std::optional<double> cap : {std::optional<double>(10.0), std::optional<double>()}) {
+    for (int64_t chunk : {1, 5, 1000}) {
+      SCOPED_TRACE("softcap " + std::to_string(cap.value_or(0)) + " chunk " +
+                   std::to_string(chunk));
+      torch::manual_seed(300 + chunk);
+      const torch::Tensor h0 = torch::randn({4, 9, 16}, torch::kFloat64) * 3;
+      const torch::Tensor w0 = torch::randn({101, 16}, torch::kFloat64);
+      const torch::Tensor labels = masked_labels(101);
+      const torch::Tensor upstream = torch::randn({4, 9}, torch::kFloat64);
+      torch::Tensor h1 = h0.clone().requires_grad_(), w1 = w0.clone().requires_grad_();
+      torch::Tensor h2 = h0.clone().requires_grad_(), w2 = w0.clone().requires_grad_();
+      TokenDetails da, db;
+      const torch::Tensor a = chunked_token_logprobs(h1, w1, labels, cap, chunk, &da);
+      const torch::Tensor b = token_logprobs_reference(h2, w2, labels, cap, &db);
+      ASSERT_EQ(a.sizes(), (std::vector<int64_t>{4, 9}));
+      EXPECT_LT(b.sum().item<double>(), 0);
+      EXPECT_LT(scaled_error(a, b), 1e-10);
+      EXPECT_LT(scaled_error(da.entropy, db.entropy), 1e-10);
+      EXPECT_LT(scaled_error(da.mean_logit, db.mean_logit), 1e-10);
+      EXPECT_LT(scaled_error(da.log_sum_sq_probs, db.log_sum_sq_probs), 1e-10);
+      EXPECT_TRUE(torch::equal(da.is_top1, db.is_top1));
+      EXPECT_GT(da.entropy.abs().sum().item<double>(), 0);
+      EXPECT_FALSE(da.entropy.requires_grad());
+      // Zero where not counted.
+      const torch::Tensor ignored = labels == kIgnoreIndex;
+      EXPECT_EQ(a.masked_select(ignored).abs().sum().item<double>(), 0.0);
+      EXPECT_EQ(da.mean_logit.masked_select(ignored).abs().sum().item<double>(), 0.0);
+      (a * upstream).sum().backward();
+      (b * upstream).sum().backward();
+      EXPECT_LT(scaled_error(h1.grad(), h2.grad()), 1e-10);
+      EXPECT_LT(scaled_error(w1.grad(), w2.grad()), 1e-10);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace gemma

@@ -372,7 +372,41 @@ TEST(RecipePrint, RoundTrips) {
   EXPECT_HAS(printed, "  learning_rate: 2e-05\n");
   EXPECT_HAS(printed, "  num_train_epochs: 3.0\n");
   EXPECT_HAS(printed, "  optim: adamw_torch_fused\n");
-  EXPECT_HAS(printed, "  # not for method sft: beta, desirable_weight, undesirable_weight\n");
+  EXPECT_HAS(printed,
+             "  # not for method sft: beta, desirable_weight, undesirable_weight, "
+             "train_sampling_strategy, loss_weights, label_smoothing, f_divergence_type, "
+             "f_alpha_divergence_coef, ld_alpha, use_weighting, discopop_tau, "
+             "precompute_ref_log_probs, precompute_ref_batch_size, disable_dropout, ref_model\n");
+}
+
+// The preference trainers' keys: typed, checked across keys as DPOConfig and KTOConfig do.
+TEST(RecipeErrors, PreferenceKeysAreChecked) {
+  RecipeFiles files;
+  const std::string dpo = std::string(kMinimal) + "  method: dpo\n";
+  const Recipe r = load_recipe(files.write(
+      dpo + "  loss_type: [sigmoid, sft]\n  loss_weights: [1.0, 0.5]\n  ld_alpha: 0.5\n"
+            "  precompute_ref_log_probs: true\n  ref_model: base\n"));
+  EXPECT_EQ(r.training.loss_weights, (std::vector<double>{1.0, 0.5}));
+  EXPECT_EQ(r.training.ld_alpha, 0.5);
+  EXPECT_TRUE(r.training.precompute_ref_log_probs);
+  EXPECT_EQ(r.training.ref_model, RefModel::kBase);
+  EXPECT_TRUE(r.training.disable_dropout);
+  EXPECT_HAS(load_error(dpo + "  loss_type: [sigmoid, sft]\n  loss_weights: [1.0]\n"),
+             "training.loss_weights: expected one weight per training.loss_type (2), found 1 "
+             "weights");
+  EXPECT_HAS(load_error(dpo + "  f_divergence_type: kl\n"),
+             "training.f_divergence_type: expected one of reverse_kl, forward_kl, js_divergence "
+             "or alpha_divergence, found \"kl\"");
+  EXPECT_HAS(load_error(dpo + "  ref_model: copy\n"), "training.ref_model: expected one of auto or base, found \"copy\"");
+  const std::string kto = std::string(kMinimal) + "  method: kto\n";
+  EXPECT_HAS(load_error(kto + "  per_device_train_batch_size: 1\n"),
+             "training.per_device_train_batch_size: expected more than 1 for KTO");
+  EXPECT_NO_THROW(load_recipe(files.write(
+      kto + "  per_device_train_batch_size: 1\n  loss_type: apo_zero_unpaired\n")));
+  EXPECT_HAS(load_error(kto + "  train_sampling_strategy: random\n"),
+             "training.train_sampling_strategy: expected sequential with loss_type kto");
+  EXPECT_HAS(load_error(std::string(kMinimal) + "  ld_alpha: 0.5\n"),
+             "training.ld_alpha: is DPOConfig's, and training.method is sft");
 }
 
 // ---- Errors: each names the file, line:column, the key and what was expected. ----
