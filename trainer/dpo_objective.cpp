@@ -121,13 +121,8 @@ MicroBatchResult DpoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
       collate_preference(rows, options_.pad_id, options_.max_length, options_.truncation);
   const auto b = static_cast<int64_t>(rows.size());
 
-  std::optional<torch::NoGradGuard> no_grad;
-  if (!backward) no_grad.emplace();
-  const ShiftedForward policy = forward_logps(model, batch, options_.chunk_tokens, true);
-  const torch::Tensor logps = sequence_logps(policy.token_logps, policy.mask);
-  const torch::Tensor& mask = policy.mask;
-  const torch::ScalarType dtype = logps.scalar_type();
-
+  // The reference first: a frozen adapter is swapped in place, which must not happen between
+  // the policy's forward and its backward (without dropout the order changes nothing).
   torch::Tensor ref_logps;
   const std::vector<ReferenceLogps>& cached = precomputed_[slot(split)];
   if (!cached.empty()) {
@@ -137,13 +132,21 @@ MicroBatchResult DpoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
       values[static_cast<size_t>(i)] = r.chosen;
       values[static_cast<size_t>(b + i)] = r.rejected;
     }
-    ref_logps = torch::tensor(values, torch::kFloat64).to(logps.device(), dtype);
+    ref_logps = torch::tensor(values, torch::kFloat64);
   } else {
     ref_logps = reference_.run(model, [&] {
       const ShiftedForward f = forward_logps(model, batch, options_.chunk_tokens, false);
       return sequence_logps(f.token_logps, f.mask);
     });
   }
+
+  std::optional<torch::NoGradGuard> no_grad;
+  if (!backward) no_grad.emplace();
+  const ShiftedForward policy = forward_logps(model, batch, options_.chunk_tokens, true);
+  const torch::Tensor logps = sequence_logps(policy.token_logps, policy.mask);
+  const torch::Tensor& mask = policy.mask;
+  const torch::ScalarType dtype = logps.scalar_type();
+  ref_logps = ref_logps.to(logps.device(), dtype);
 
   DpoPairLogps pairs;
   pairs.chosen = logps.narrow(0, 0, b);

@@ -112,7 +112,29 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
     labels.push_back(rows.back()->label ? 1 : 0);
   }
   const Batches b = collate(rows, options_, uses_kl());
-  const auto n = static_cast<int64_t>(rows.size());
+
+  // The reference first: a frozen adapter is swapped in place, which must not happen between
+  // the policy's forward and its backward (without dropout the order changes nothing).
+  torch::Tensor ref_logps, ref_kl_logps;
+  const std::vector<KtoReferenceLogps>& cached = precomputed_[slot(split)];
+  if (!cached.empty()) {
+    std::vector<double> completion, kl;
+    for (const int64_t i : indices) {
+      completion.push_back(cached[static_cast<size_t>(i)].completion);
+      kl.push_back(cached[static_cast<size_t>(i)].kl);
+    }
+    ref_logps = torch::tensor(completion, torch::kFloat64);
+    ref_kl_logps = torch::tensor(kl, torch::kFloat64);
+  } else {
+    const torch::Tensor both = reference_.run(model, [&] {
+      torch::Tensor completion = summed_logps(model, b.completions, options_.chunk_tokens);
+      torch::Tensor kl = uses_kl() ? summed_logps(model, b.kl, options_.chunk_tokens)
+                                   : torch::zeros_like(completion);
+      return torch::stack({completion, kl});
+    });
+    ref_logps = both[0];
+    ref_kl_logps = both[1];
+  }
 
   std::optional<torch::NoGradGuard> no_grad;
   if (!backward) no_grad.emplace();
@@ -126,27 +148,8 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const torch::Tensor logps =
       token_logps(model, b.completions, options_.chunk_tokens, &mask, &details).sum(1);
   const torch::ScalarType dtype = logps.scalar_type();
-
-  torch::Tensor ref_logps, ref_kl_logps;
-  const std::vector<KtoReferenceLogps>& cached = precomputed_[slot(split)];
-  if (!cached.empty()) {
-    std::vector<double> completion, kl;
-    for (const int64_t i : indices) {
-      completion.push_back(cached[static_cast<size_t>(i)].completion);
-      kl.push_back(cached[static_cast<size_t>(i)].kl);
-    }
-    ref_logps = torch::tensor(completion, torch::kFloat64).to(logps.device(), dtype);
-    ref_kl_logps = torch::tensor(kl, torch::kFloat64).to(logps.device(), dtype);
-  } else {
-    const torch::Tensor both = reference_.run(model, [&] {
-      torch::Tensor kl = uses_kl() ? summed_logps(model, b.kl, options_.chunk_tokens)
-                                   : torch::zeros({n}, logps.options());
-      torch::Tensor completion = summed_logps(model, b.completions, options_.chunk_tokens);
-      return torch::stack({completion, kl});
-    });
-    ref_logps = both[0];
-    ref_kl_logps = both[1];
-  }
+  ref_logps = ref_logps.to(logps.device(), dtype);
+  ref_kl_logps = ref_kl_logps.to(logps.device(), dtype);
   const torch::Tensor kl = uses_kl() ? kto_clamped_kl(kto_kl_mean(kl_logps, ref_kl_logps))
                                      : torch::zeros({}, logps.options());
   const torch::Tensor desirable =

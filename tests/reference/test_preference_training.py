@@ -1,7 +1,8 @@
 """DPO and KTO training against TRL 1.16 + PEFT 0.21.2 on a small random Gemma 4 (the
 test_sft_training model): from the same adapter, whose B is random so the policy differs from
 the reference, on the same rows (one batch holding every row, so the sampler's order cannot
-matter), in float32 with 32-bit AdamW. The first step's loss and every metric TRL logs, and the
+matter), in float32 with 32-bit AdamW, as a text-only checkpoint (Gemma4ForCausalLM) and in the
+multimodal layout (Gemma4ForConditionalGeneration on TRL's side). The first step's loss and every metric TRL logs, and the
 adapter after three steps, equal TRL's run. The reference is the base (our `ref_model: base`,
 TRL given the base model as ref_model) or the frozen starting adapter (`auto`, TRL's "ref" copy);
 with precompute_ref_log_probs the cached values equal TRL's precomputed columns."""
@@ -52,10 +53,10 @@ KTO_METRICS = ("loss", "grad_norm", "learning_rate", "kl", "rewards/chosen", "re
                "logps/chosen", "logps/rejected", "logits/chosen", "logits/rejected", "entropy")
 
 
-@pytest.fixture(scope="module")
-def base(gemma_train, tmp_path_factory):
+@pytest.fixture(scope="module", params=["text_only", "multimodal"])
+def base(gemma_train, tmp_path_factory, request):
     root = tmp_path_factory.mktemp("preference")
-    model = small_model(gemma_train, root / "base")
+    model = small_model(gemma_train, root / "base", text_only=request.param == "text_only")
     (model / "chat_template.jinja").write_text(official_template())
     adapter = root / "init-adapter"
     run(gemma_train, "adapter", "--model", model, "--out", adapter, "--r", 4, "--alpha", 8, "--init", "random",
@@ -106,14 +107,17 @@ training:
 def trl_run(base, tmp_path, rows, method, config, steps=3, ref="base"):
     from datasets import Dataset
     from peft import PeftModel
-    from transformers import AutoTokenizer, Gemma4ForCausalLM
+    from transformers import AutoModelForImageTextToText, AutoTokenizer, Gemma4ForCausalLM
     from trl import DPOConfig, DPOTrainer, KTOConfig, KTOTrainer
 
     model_dir, adapter = base
+    multimodal = json.loads((model_dir / "config.json").read_text())["architectures"] == [
+        "Gemma4ForConditionalGeneration"]
+    model_class = AutoModelForImageTextToText if multimodal else Gemma4ForCausalLM
     torch.manual_seed(0)
-    model = Gemma4ForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = model_class.from_pretrained(model_dir, dtype=torch.float32)
     model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
-    ref_model = Gemma4ForCausalLM.from_pretrained(model_dir, dtype=torch.float32) if ref == "base" else None
+    ref_model = model_class.from_pretrained(model_dir, dtype=torch.float32) if ref == "base" else None
     tokenizer = AutoTokenizer.from_pretrained(model_dir, add_bos_token=True)  # as test_sft_training
     Config, Trainer = (DPOConfig, DPOTrainer) if method == "dpo" else (KTOConfig, KTOTrainer)
     args = Config(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), max_steps=steps,
