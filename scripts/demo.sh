@@ -9,7 +9,8 @@
 # the dataset before and after, to show what it learned.
 #   --dpo: QLoRA DPO instead (recipes/demo-dpo.yaml, the bundled preference set: the right capital
 #   chosen, another one rejected; the reference model is the NF4 base with the adapter off), under
-#   out/demo-dpo-run, and the rewards it logged at the first and the last step.
+#   out/demo-dpo-run, and the rewards it logged at the first and the last step (the base has
+#   random weights: DPO teaches it which of two sentences to prefer, not to answer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=sft
@@ -36,9 +37,6 @@ if [ "$mode" = dpo ]; then
   echo "--- rewards at the first and the last logged step (out/demo-dpo-run/metrics.jsonl)"
   grep '"rewards/accuracies"' out/demo-dpo-run/metrics.jsonl | grep -v eval_ | sed -n '1p;$p' |
     sed -E 's/.*"rewards\/accuracies":([^,}]*).*"rewards\/margins":([^,}]*).*"step":([0-9]+).*/step \3: rewards\/accuracies \1, rewards\/margins \2/'
-  echo "--- after DPO (the adapter on the NF4 base): $question"
-  $bin generate --model "$model" --adapter out/demo-dpo-run --load-in-4bit --prompt "$question" \
-    --max-new-tokens 16 --temperature 0
   exit 0
 fi
 echo "--- before training (random weights): $question"
