@@ -25,8 +25,9 @@ void check_preference_columns(const nlohmann::json& row, DatasetKind kind,
                                                : std::vector<const char*>{"chosen", "rejected"};
   for (const char* c : columns) {
     if (row[c].is_string() && row[c].get_ref<const std::string&>().empty()) {
-      throw RowError(RowProblem::kEmptyCompletion,
-                     where + ": \"" + c + "\" is empty (a completion needs text to prefer or reject)");
+      throw RowError(
+          RowProblem::kEmptyCompletion,
+          where + ": \"" + c + "\" is empty (a completion needs text to prefer or reject)");
     }
   }
   if (kind == DatasetKind::kPreference && row["chosen"] == row["rejected"]) {

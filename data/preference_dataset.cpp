@@ -97,10 +97,10 @@ void require_examples(size_t kept, const std::vector<std::filesystem::path>& fil
 }  // namespace
 
 PreferenceExample tokenize_preference_row(const DatasetRow& row, const Tokenizer& tokenizer,
-                                          const SftDataOptions& options,
-                                          const std::string& where) {
+                                          const SftDataOptions& options, const std::string& where) {
   if (row.kind != DatasetKind::kPreference) {
-    throw InputError(where + ": DPO takes preference rows (prompt, chosen, rejected); this row is " +
+    throw InputError(where +
+                     ": DPO takes preference rows (prompt, chosen, rejected); this row is " +
                      dataset_kind_name(row.kind));
   }
   require_nonempty(row.chosen, "chosen", where);
@@ -184,8 +184,8 @@ std::vector<PreferenceExample> read_preference_examples(
       ++r.dropped_long_prompt;
       continue;
     }
-    r.tokens += static_cast<int64_t>(2 * e.prompt_ids.size() + e.chosen_ids.size() +
-                                     e.rejected_ids.size());
+    r.tokens +=
+        static_cast<int64_t>(2 * e.prompt_ids.size() + e.chosen_ids.size() + e.rejected_ids.size());
     examples.push_back(std::move(e));
   }
   if (report) *report = r;
@@ -194,9 +194,8 @@ std::vector<PreferenceExample> read_preference_examples(
 }
 
 std::vector<KtoExample> read_kto_examples(const std::vector<std::filesystem::path>& files,
-                                          const Tokenizer& tokenizer,
-                                          const SftDataOptions& options, int64_t kl_batch_size,
-                                          PreferenceDataReport* report) {
+                                          const Tokenizer& tokenizer, const SftDataOptions& options,
+                                          int64_t kl_batch_size, PreferenceDataReport* report) {
   PreferenceDataReport r;
   std::vector<std::pair<DatasetRow, std::string>> rows =
       read_rows(files, options, {DatasetKind::kKto, DatasetKind::kPreference}, "KTO", &r);
@@ -258,16 +257,19 @@ void rotate_kl_completions(std::vector<KtoExample>* examples, int64_t group_size
 }
 
 std::string preference_example_json(const PreferenceExample& e) {
-  return "{\"prompt_ids\": " + ids_json(e.prompt_ids) + ", \"chosen_ids\": " +
-         ids_json(e.chosen_ids) + ", \"rejected_ids\": " + ids_json(e.rejected_ids) +
+  return "{\"prompt_ids\": " + ids_json(e.prompt_ids) +
+         ", \"chosen_ids\": " + ids_json(e.chosen_ids) +
+         ", \"rejected_ids\": " + ids_json(e.rejected_ids) +
          ", \"origin\": " + nlohmann::json(e.origin).dump() + "}";
 }
 
 std::string kto_example_json(const KtoExample& e) {
-  return "{\"prompt_ids\": " + ids_json(e.prompt_ids) + ", \"completion_ids\": " +
-         ids_json(e.completion_ids) + ", \"label\": " + (e.label ? "true" : "false") +
-         (e.kl_completion_ids.empty() ? std::string()
-                                      : ", \"kl_completion_ids\": " + ids_json(e.kl_completion_ids)) +
+  return "{\"prompt_ids\": " + ids_json(e.prompt_ids) +
+         ", \"completion_ids\": " + ids_json(e.completion_ids) +
+         ", \"label\": " + (e.label ? "true" : "false") +
+         (e.kl_completion_ids.empty()
+              ? std::string()
+              : ", \"kl_completion_ids\": " + ids_json(e.kl_completion_ids)) +
          ", \"origin\": " + nlohmann::json(e.origin).dump() + "}";
 }
 

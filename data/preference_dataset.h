@@ -57,7 +57,7 @@ struct PreferenceDataReport {
   int64_t rows = 0;                             // rows read
   int64_t skipped_invalid = 0;                  // bad rows skipped (skip_invalid)
   int64_t dropped_long_prompt = 0;              // prompt alone >= max_length (TRL's filter)
-  int64_t prompt_not_prefix = 0;  // the tokenized prompt is longer than the shared start
+  int64_t prompt_not_prefix = 0;           // the tokenized prompt is longer than the shared start
   int64_t desirable = 0, undesirable = 0;  // KTO rows by label, after the filter
   int64_t tokens = 0;                      // prompt + completions of the kept examples
 };
@@ -76,8 +76,8 @@ std::vector<PreferenceExample> read_preference_examples(
 // kl_batch_size rows (the first takes the group's last), TRL's add_kl_completion_ids over
 // batches of per_device_train_batch_size.
 std::vector<KtoExample> read_kto_examples(const std::vector<std::filesystem::path>& files,
-                                          const Tokenizer& tokenizer,
-                                          const SftDataOptions& options, int64_t kl_batch_size,
+                                          const Tokenizer& tokenizer, const SftDataOptions& options,
+                                          int64_t kl_batch_size,
                                           PreferenceDataReport* report = nullptr);
 
 // Each example's kl_completion_ids := the completion of the one before it within consecutive

@@ -62,8 +62,7 @@ struct ChunkedHead {
         const torch::Tensor p = log_p.exp();
         details->entropy.narrow(0, start, len).copy_((log_z - (p * logits).sum(1)) * counted);
         details->mean_logit.narrow(0, start, len).copy_(logits.mean(1) * counted);
-        details->log_sum_sq_probs.narrow(0, start, len)
-            .copy_((2 * log_p).logsumexp(1) * counted);
+        details->log_sum_sq_probs.narrow(0, start, len).copy_((2 * log_p).logsumexp(1) * counted);
         details->is_top1.narrow(0, start, len).copy_((logits.argmax(1) == y) & counted);
       }
       if (stats != nullptr) {
@@ -218,10 +217,9 @@ class ChunkedTokenLogprobs : public torch::autograd::Function<ChunkedTokenLogpro
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
     const auto saved = ctx->get_saved_variables();
     const std::vector<int64_t> sizes = ctx->saved_data["hidden_sizes"].toIntVector();
-    auto [grad_h, grad_w] =
-        saved_head(ctx, saved)
-            .backward(grad_out[0].reshape({-1}), ctx->needs_input_grad(0),
-                      ctx->needs_input_grad(1));
+    auto [grad_h, grad_w] = saved_head(ctx, saved)
+                                .backward(grad_out[0].reshape({-1}), ctx->needs_input_grad(0),
+                                          ctx->needs_input_grad(1));
     if (grad_h.defined()) grad_h = grad_h.view(sizes);
     return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }

@@ -33,10 +33,9 @@ ShiftedForward forward_logps(Gemma4ForCausalLM& model, const SequenceBatch& batc
   const int64_t t = hidden.size(1);
   const torch::Tensor labels = batch.labels.narrow(1, 1, t - 1).to(device);
   ShiftedForward out;
-  out.token_logps =
-      chunked_token_logprobs(hidden.narrow(1, 0, t - 1), model->lm_head_weight(), labels,
-                             model->config().final_logit_softcapping, chunk_tokens,
-                             details ? &out.details : nullptr);
+  out.token_logps = chunked_token_logprobs(hidden.narrow(1, 0, t - 1), model->lm_head_weight(),
+                                           labels, model->config().final_logit_softcapping,
+                                           chunk_tokens, details ? &out.details : nullptr);
   out.mask = (labels != kIgnoreIndex).to(out.token_logps.scalar_type());
   return out;
 }
@@ -70,7 +69,8 @@ torch::Tensor DpoObjective::sequence_logps(const torch::Tensor& token_logps,
   const torch::Tensor position = mask.cumsum(1);
   const torch::Tensor lengths = mask.sum(1);
   const int64_t b = lengths.size(0) / 2;
-  const torch::Tensor shared_half = torch::minimum(lengths.narrow(0, 0, b), lengths.narrow(0, b, b));
+  const torch::Tensor shared_half =
+      torch::minimum(lengths.narrow(0, 0, b), lengths.narrow(0, b, b));
   const torch::Tensor shared = torch::cat({shared_half, shared_half}).unsqueeze(1);
   const torch::Tensor shared_mask = (position > 0) & (position <= shared);
   const torch::Tensor tail_mask = position > shared;

@@ -38,9 +38,9 @@ torch::Tensor token_logps(Gemma4ForCausalLM& model, const SequenceBatch& batch, 
   const torch::Tensor hidden = model->model->forward(input);
   const int64_t t = hidden.size(1);
   const torch::Tensor labels = batch.labels.narrow(1, 1, t - 1).to(device);
-  torch::Tensor out = chunked_token_logprobs(hidden.narrow(1, 0, t - 1), model->lm_head_weight(),
-                                             labels, model->config().final_logit_softcapping,
-                                             chunk, details);
+  torch::Tensor out =
+      chunked_token_logprobs(hidden.narrow(1, 0, t - 1), model->lm_head_weight(), labels,
+                             model->config().final_logit_softcapping, chunk, details);
   if (mask != nullptr) *mask = (labels != kIgnoreIndex).to(out.scalar_type());
   return out;
 }
@@ -156,7 +156,8 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
       torch::tensor(std::vector<int64_t>(labels.begin(), labels.end()), torch::kInt64)
           .to(logps.device())
           .to(torch::kBool);
-  const torch::Tensor loss = kto_loss({logps, ref_logps, desirable}, kl, options_.loss) / normalizer;
+  const torch::Tensor loss =
+      kto_loss({logps, ref_logps, desirable}, kl, options_.loss) / normalizer;
   if (backward) loss.backward();
 
   MicroBatchResult result;
@@ -170,7 +171,8 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const double n_rejected = rejected.sum().item<double>();
   result.metrics["kl"] = kl.item<double>();
   const double tokens = mask.sum().item<double>();
-  result.metrics["entropy"] = tokens > 0 ? (details.entropy * mask).sum().item<double>() / tokens : 0;
+  result.metrics["entropy"] =
+      tokens > 0 ? (details.entropy * mask).sum().item<double>() / tokens : 0;
   const torch::Tensor row_mask_chosen = mask * chosen.unsqueeze(1).to(mask.scalar_type());
   const torch::Tensor row_mask_rejected = mask * rejected.unsqueeze(1).to(mask.scalar_type());
   const double chosen_tokens = row_mask_chosen.sum().item<double>();
@@ -182,7 +184,8 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
     result.metrics["logits/rejected"] =
         (details.mean_logit * row_mask_rejected).sum().item<double>() / rejected_tokens;
   if (n_chosen > 0) {
-    result.metrics["rewards/chosen"] = rewards.masked_select(chosen).nansum().item<double>() / n_chosen;
+    result.metrics["rewards/chosen"] =
+        rewards.masked_select(chosen).nansum().item<double>() / n_chosen;
     result.metrics["logps/chosen"] =
         logps.detach().masked_select(chosen).nansum().item<double>() / n_chosen;
   }

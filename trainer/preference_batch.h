@@ -18,11 +18,12 @@
 namespace gemma {
 
 struct SequenceBatch {
-  torch::Tensor input_ids;          // [N, T] int64
-  torch::Tensor attention_mask;     // [N, T] int64
-  torch::Tensor labels;             // [N, T] int64, not shifted; kIgnoreIndex outside completions
-  torch::Tensor completion_tokens;  // [N] int64: completion tokens kept (TRL's completion_mask sums)
-  int64_t num_tokens = 0;           // attention-mask sum
+  torch::Tensor input_ids;       // [N, T] int64
+  torch::Tensor attention_mask;  // [N, T] int64
+  torch::Tensor labels;          // [N, T] int64, not shifted; kIgnoreIndex outside completions
+  torch::Tensor
+      completion_tokens;   // [N] int64: completion tokens kept (TRL's completion_mask sums)
+  int64_t num_tokens = 0;  // attention-mask sum
 };
 
 struct PromptCompletion {

@@ -13,8 +13,8 @@ class SwappedAdapter {
     params_ = trainable_parameters(model);
     TORCH_CHECK(params_.size() == frozen.size(), "reference adapter: the adapter changed shape");
     for (size_t i = 0; i < params_.size(); ++i) {
-      TORCH_CHECK(params_[i].first == frozen[i].first, "reference adapter: ",
-                  params_[i].first, " is not ", frozen[i].first);
+      TORCH_CHECK(params_[i].first == frozen[i].first, "reference adapter: ", params_[i].first,
+                  " is not ", frozen[i].first);
       torch::Tensor p = params_[i].second.detach();
       trained_.push_back(p.clone());
       p.copy_(frozen[i].second);

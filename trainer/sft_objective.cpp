@@ -50,9 +50,9 @@ MicroBatchResult SftObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const torch::Tensor shifted_labels = batch.labels.narrow(1, 1, t - 1).reshape({-1}).to(device);
   MicroBatchResult result;
   TokenStats stats;
-  const torch::Tensor sum = chunked_causal_lm_loss_sum(
-      shifted_hidden, model->lm_head_weight(), shifted_labels,
-      model->config().final_logit_softcapping, chunk_tokens_, &stats);
+  const torch::Tensor sum =
+      chunked_causal_lm_loss_sum(shifted_hidden, model->lm_head_weight(), shifted_labels,
+                                 model->config().final_logit_softcapping, chunk_tokens_, &stats);
   const torch::Tensor loss = sum / normalizer;
   if (backward) loss.backward();
   result.loss = loss.item<double>();

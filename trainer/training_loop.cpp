@@ -20,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "data/preference_dataset.h"
 #include "data/sft_dataset.h"
 #include "data/tokenizer.h"
 #include "export/gguf_gemma4.h"
@@ -35,11 +36,10 @@
 #include "peft/lora_adapters.h"
 #include "peft/merged_checkpoint.h"
 #include "peft/peft_adapter.h"
-#include "trainer/metrics_plot.h"
-#include "trainer/progress_bar.h"
-#include "data/preference_dataset.h"
 #include "trainer/dpo_objective.h"
 #include "trainer/kto_objective.h"
+#include "trainer/metrics_plot.h"
+#include "trainer/progress_bar.h"
 #include "trainer/reference_logps_cache.h"
 #include "trainer/reference_model.h"
 #include "trainer/sft_objective.h"
@@ -372,8 +372,8 @@ json reference_cache_key(const Recipe& recipe, const ReferenceModel& reference,
               {"model", model_identity(model_dir)},
               {"load_in_4bit", recipe.model.load_in_4bit},
               {"max_length", t.max_length ? json(*t.max_length) : json(nullptr)},
-              {"truncation_mode", t.truncation_mode == TruncationMode::kKeepEnd ? "keep_end"
-                                                                                : "keep_start"},
+              {"truncation_mode",
+               t.truncation_mode == TruncationMode::kKeepEnd ? "keep_end" : "keep_start"},
               {"per_device_train_batch_size", t.per_device_train_batch_size},
               {"ld_alpha", t.ld_alpha ? json(*t.ld_alpha) : json(nullptr)},
               {"loss_type", t.loss_type},
@@ -447,8 +447,8 @@ int run_training(const Recipe& recipe) {
     if (packed) {
       if (!t.max_length)
         throw InputError(recipe.source + ": training.packing needs training.max_length");
-      const SftPacking how = t.packing_strategy == PackingStrategy::kWrapped ? SftPacking::kWrapped
-                                                                             : SftPacking::kBfd;
+      const SftPacking how =
+          t.packing_strategy == PackingStrategy::kWrapped ? SftPacking::kWrapped : SftPacking::kBfd;
       sft.train = pack_sft_examples(sft.train, *t.max_length, how);
       if (!sft.eval.empty()) sft.eval = pack_sft_examples(sft.eval, *t.max_length, how);
     }
@@ -492,13 +492,13 @@ int run_training(const Recipe& recipe) {
       rotate_kl_completions(&kto.eval, group);
     }
     n_eval = static_cast<int64_t>(kto.eval.size());
-    data_summary = std::to_string(kto.train.size()) + " training completions (" +
-                   std::to_string(train_report.desirable) + " desirable, " +
-                   std::to_string(train_report.undesirable) + " undesirable) from " +
-                   report_text(train_report.kind == DatasetKind::kPreference
-                                   ? "preference pairs, unpaired"
-                                   : "kto",
-                               train_report);
+    data_summary =
+        std::to_string(kto.train.size()) + " training completions (" +
+        std::to_string(train_report.desirable) + " desirable, " +
+        std::to_string(train_report.undesirable) + " undesirable) from " +
+        report_text(
+            train_report.kind == DatasetKind::kPreference ? "preference pairs, unpaired" : "kto",
+            train_report);
     KtoLossOptions weights;
     weights.desirable_weight = t.desirable_weight;
     weights.undesirable_weight = t.undesirable_weight;
@@ -602,8 +602,8 @@ int run_training(const Recipe& recipe) {
     o.max_length = t.max_length;
     o.truncation = data_options.truncation;
     o.pad_id = pad_id;
-    auto d = std::make_unique<DpoObjective>(std::move(dpo.train), std::move(dpo.eval), o,
-                                            reference);
+    auto d =
+        std::make_unique<DpoObjective>(std::move(dpo.train), std::move(dpo.eval), o, reference);
     dpo_objective = d.get();
     objective = std::move(d);
   } else {
@@ -615,8 +615,8 @@ int run_training(const Recipe& recipe) {
     o.max_length = t.max_length;
     o.pad_id = pad_id;
     o.sequential = t.train_sampling_strategy == SamplingStrategy::kSequential;
-    auto k = std::make_unique<KtoObjective>(std::move(kto.train), std::move(kto.eval), o,
-                                            reference);
+    auto k =
+        std::make_unique<KtoObjective>(std::move(kto.train), std::move(kto.eval), o, reference);
     kto_objective = k.get();
     objective = std::move(k);
   }
@@ -696,8 +696,8 @@ int run_training(const Recipe& recipe) {
     const json key = reference_cache_key(recipe, reference, model_dir, recipe_name(t.method));
     std::optional<ReferenceLogpsCache> cache = read_reference_logps(output_dir, key);
     if (cache) {
-      std::cerr << "[train] reference log-probs from " << (output_dir / kReferenceLogpsFile).string()
-                << "\n";
+      std::cerr << "[train] reference log-probs from "
+                << (output_dir / kReferenceLogpsFile).string() << "\n";
     } else {
       cache = ReferenceLogpsCache{key, {}, {}};
       model->eval();
@@ -706,8 +706,9 @@ int run_training(const Recipe& recipe) {
         const int64_t size = t.precompute_ref_batch_size.value_or(
             split == Split::kTrain ? t.per_device_train_batch_size : t.per_device_eval_batch_size);
         const auto report = [&](int64_t done, int64_t total) {
-          std::cerr << "\r[train] reference log-probs (" << (split == Split::kTrain ? "train" : "eval")
-                    << "): " << done << "/" << total << std::flush;
+          std::cerr << "\r[train] reference log-probs ("
+                    << (split == Split::kTrain ? "train" : "eval") << "): " << done << "/" << total
+                    << std::flush;
         };
         std::vector<std::vector<double>>& out = split == Split::kTrain ? cache->train : cache->eval;
         if (dpo_objective) {

@@ -217,7 +217,8 @@ TEST(KtoDataset, PairsAreUnpairedPerThousandChosenFirst) {
 TEST(KtoDataset, KlCompletionsRotateWithinEachMicroBatch) {
   std::vector<json> rows;
   for (int i = 0; i < 5; ++i) {
-    rows.push_back({{"prompt", "q"}, {"completion", " a" + std::to_string(i)}, {"label", i % 2 == 0}});
+    rows.push_back(
+        {{"prompt", "q"}, {"completion", " a" + std::to_string(i)}, {"label", i % 2 == 0}});
   }
   const Rows file(rows);
   PreferenceDataReport report;

@@ -85,8 +85,8 @@ TEST(DpoObjective, LossAndRewardsEqualTheOnePieceComputation) {
   const MicroBatchResult r = objective.run(model, {0, 1, 2}, Split::kTrain, 1.0, false);
 
   const std::vector<PreferenceExample> p = pairs();
-  const SequenceBatch batch = collate_preference({&p[0], &p[1], &p[2]}, 0, 1024,
-                                                 SftTruncation::kKeepStart);
+  const SequenceBatch batch =
+      collate_preference({&p[0], &p[1], &p[2]}, 0, 1024, SftTruncation::kKeepStart);
   const torch::Tensor policy = reference_logps(model, batch);
   torch::Tensor base;
   {
@@ -96,8 +96,7 @@ TEST(DpoObjective, LossAndRewardsEqualTheOnePieceComputation) {
   const torch::Tensor chosen = policy.narrow(0, 0, 3) - base.narrow(0, 0, 3);
   const torch::Tensor rejected = policy.narrow(0, 3, 3) - base.narrow(0, 3, 3);
   ASSERT_GT((chosen - rejected).abs().max().item<double>(), 1e-4);  // policy != reference
-  const double loss =
-      (-torch::log_sigmoid(0.2 * (chosen - rejected))).mean().item<double>();
+  const double loss = (-torch::log_sigmoid(0.2 * (chosen - rejected))).mean().item<double>();
   EXPECT_NEAR(r.loss, loss, 1e-5 * std::abs(loss));
   EXPECT_NEAR(r.metrics.at("rewards/chosen"), (0.2 * chosen).mean().item<double>(), 1e-5);
   EXPECT_NEAR(r.metrics.at("rewards/margins"), (0.2 * (chosen - rejected)).mean().item<double>(),
@@ -106,7 +105,8 @@ TEST(DpoObjective, LossAndRewardsEqualTheOnePieceComputation) {
   EXPECT_EQ(r.num_tokens, batch.num_tokens);
 
   // Precomputed reference values give the same loss.
-  const std::vector<ReferenceLogps> cached = objective.compute_reference_logps(model, Split::kTrain, 2);
+  const std::vector<ReferenceLogps> cached =
+      objective.compute_reference_logps(model, Split::kTrain, 2);
   ASSERT_EQ(cached.size(), 3u);
   EXPECT_NEAR(cached[1].rejected, base[4].item<double>(), 1e-4);
   objective.use_reference_logps(Split::kTrain, cached);
@@ -147,8 +147,9 @@ TEST(KtoObjective, LossWithTheKlTermEqualsTheOnePieceComputation) {
   double sum = 0;
   for (int i = 0; i < 4; ++i) {
     const double x = ratio[i].item<double>();
-    sum += rows[static_cast<size_t>(i)].label ? 1.0 - 1.0 / (1.0 + std::exp(-0.3 * (x - kl)))
-                                              : 1.5 * (1.0 - 1.0 / (1.0 + std::exp(-0.3 * (kl - x))));
+    sum += rows[static_cast<size_t>(i)].label
+               ? 1.0 - 1.0 / (1.0 + std::exp(-0.3 * (x - kl)))
+               : 1.5 * (1.0 - 1.0 / (1.0 + std::exp(-0.3 * (kl - x))));
   }
   EXPECT_NEAR(r.loss, sum / 4, 1e-5);
   EXPECT_NEAR(r.metrics.at("kl"), kl, 1e-5);
@@ -187,7 +188,8 @@ TEST(ReferenceModel, ReferencePassAllocatesNoSecondCopyOfTheWeights) {
   int64_t weight_bytes = 0;
   for (const auto& t : model->parameters()) weight_bytes += t.nbytes();
   const std::vector<PreferenceExample> p = pairs();
-  const SequenceBatch batch = collate_preference({&p[0], &p[1]}, 0, 1024, SftTruncation::kKeepStart);
+  const SequenceBatch batch =
+      collate_preference({&p[0], &p[1]}, 0, 1024, SftTruncation::kKeepStart);
   const auto peak_of = [&](const std::function<void()>& f) {
     const int64_t before = counter.live_bytes();
     counter.reset_peak();

@@ -383,9 +383,9 @@ TEST(RecipePrint, RoundTrips) {
 TEST(RecipeErrors, PreferenceKeysAreChecked) {
   RecipeFiles files;
   const std::string dpo = std::string(kMinimal) + "  method: dpo\n";
-  const Recipe r = load_recipe(files.write(
-      dpo + "  loss_type: [sigmoid, sft]\n  loss_weights: [1.0, 0.5]\n  ld_alpha: 0.5\n"
-            "  precompute_ref_log_probs: true\n  ref_model: base\n"));
+  const Recipe r = load_recipe(
+      files.write(dpo + "  loss_type: [sigmoid, sft]\n  loss_weights: [1.0, 0.5]\n  ld_alpha: 0.5\n"
+                        "  precompute_ref_log_probs: true\n  ref_model: base\n"));
   EXPECT_EQ(r.training.loss_weights, (std::vector<double>{1.0, 0.5}));
   EXPECT_EQ(r.training.ld_alpha, 0.5);
   EXPECT_TRUE(r.training.precompute_ref_log_probs);
@@ -397,12 +397,13 @@ TEST(RecipeErrors, PreferenceKeysAreChecked) {
   EXPECT_HAS(load_error(dpo + "  f_divergence_type: kl\n"),
              "training.f_divergence_type: expected one of reverse_kl, forward_kl, js_divergence "
              "or alpha_divergence, found \"kl\"");
-  EXPECT_HAS(load_error(dpo + "  ref_model: copy\n"), "training.ref_model: expected one of auto or base, found \"copy\"");
+  EXPECT_HAS(load_error(dpo + "  ref_model: copy\n"),
+             "training.ref_model: expected one of auto or base, found \"copy\"");
   const std::string kto = std::string(kMinimal) + "  method: kto\n";
   EXPECT_HAS(load_error(kto + "  per_device_train_batch_size: 1\n"),
              "training.per_device_train_batch_size: expected more than 1 for KTO");
-  EXPECT_NO_THROW(load_recipe(files.write(
-      kto + "  per_device_train_batch_size: 1\n  loss_type: apo_zero_unpaired\n")));
+  EXPECT_NO_THROW(load_recipe(
+      files.write(kto + "  per_device_train_batch_size: 1\n  loss_type: apo_zero_unpaired\n")));
   EXPECT_HAS(load_error(kto + "  train_sampling_strategy: random\n"),
              "training.train_sampling_strategy: expected sequential with loss_type kto");
   EXPECT_HAS(load_error(std::string(kMinimal) + "  ld_alpha: 0.5\n"),
