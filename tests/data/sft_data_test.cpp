@@ -303,7 +303,10 @@ TEST(SftRows, PreferenceAndKtoShapesAreTyped) {
                                       "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]})");
   EXPECT_EQ(implicit.kind, DatasetKind::kPreference);
   EXPECT_TRUE(implicit.conversational);
-  EXPECT_EQ(implicit.chosen.messages.size(), 2U);
+  // TRL's extract_prompt: the shared user turn becomes the prompt.
+  EXPECT_EQ(implicit.prompt.messages.size(), 1U);
+  EXPECT_EQ(implicit.chosen.messages.size(), 1U);
+  EXPECT_EQ(implicit.rejected.messages[0].content, "b");
   const DatasetRow kto = row(R"({"prompt": "p", "completion": "c", "label": false})");
   EXPECT_EQ(kto.kind, DatasetKind::kKto);
   EXPECT_FALSE(kto.label);

@@ -109,6 +109,11 @@ def test_a_precomputed_reference_gives_the_on_the_fly_losses(gemma_train, setup,
                f"training.resume_from_checkpoint={out / 'checkpoint-4'}")
     assert "reference log-probs from" in proc.stderr and "reference log-probs (train)" not in proc.stderr
     assert losses(out) == ours
+    # What the values depend on changed (here max_length): they are computed again.
+    proc = run(gemma_train, "--recipe", root / "pre.yaml", "--set", "training.max_length=48",
+               "--set", "training.max_steps=1", "--set", "training.overwrite_output_dir=true")
+    assert "reference log-probs (train): 24/24" in proc.stderr
+    assert json.loads((out / "ref_logps.json").read_text())["key"]["max_length"] == 48
 
 
 def test_a_kto_run_trains_on_unpaired_pairs(gemma_train, setup):
