@@ -55,7 +55,7 @@ KtoObjective::KtoObjective(std::vector<KtoExample> train, std::vector<KtoExample
                            KtoObjectiveOptions options, ReferenceModel reference)
     : train_(std::move(train)),
       eval_(std::move(eval)),
-      options_(std::move(options)),
+      options_(options),
       reference_(std::move(reference)) {}
 
 const std::vector<KtoExample>& KtoObjective::examples(Split split) const {
@@ -166,7 +166,8 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   torch::NoGradGuard metrics_only;
   const double beta = options_.loss.beta;
   const torch::Tensor rewards = beta * (logps.detach() - ref_logps);
-  const torch::Tensor chosen = desirable, rejected = desirable.logical_not();
+  const torch::Tensor& chosen = desirable;
+  const torch::Tensor rejected = desirable.logical_not();
   const double n_chosen = chosen.sum().item<double>();
   const double n_rejected = rejected.sum().item<double>();
   result.metrics["kl"] = kl.item<double>();

@@ -734,10 +734,12 @@ int run_training(const Recipe& recipe) {
                          ": holds another number of examples; remove it to recompute");
       if (dpo_objective) {
         std::vector<ReferenceLogps> logps;
+        logps.reserve(values.size());
         for (const auto& v : values) logps.push_back({v.at(0), v.at(1)});
         dpo_objective->use_reference_logps(split, std::move(logps));
       } else {
         std::vector<KtoReferenceLogps> logps;
+        logps.reserve(values.size());
         for (const auto& v : values) logps.push_back({v.at(0), v.at(1)});
         kto_objective->use_reference_logps(split, std::move(logps));
       }

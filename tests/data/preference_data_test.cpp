@@ -195,6 +195,7 @@ TEST(PreferenceDataset, OtherShapesAndBadRowsNameTheLine) {
 
 TEST(KtoDataset, PairsAreUnpairedPerThousandChosenFirst) {
   std::vector<DatasetRow> pairs;
+  pairs.reserve(1003);
   for (int i = 0; i < 1003; ++i) {
     pairs.push_back(pair({{"prompt", "p" + std::to_string(i)},
                           {"chosen", " c" + std::to_string(i)},
@@ -216,6 +217,7 @@ TEST(KtoDataset, PairsAreUnpairedPerThousandChosenFirst) {
 
 TEST(KtoDataset, KlCompletionsRotateWithinEachMicroBatch) {
   std::vector<json> rows;
+  rows.reserve(5);
   for (int i = 0; i < 5; ++i) {
     rows.push_back(
         {{"prompt", "q"}, {"completion", " a" + std::to_string(i)}, {"label", i % 2 == 0}});
