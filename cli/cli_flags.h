@@ -51,12 +51,16 @@ class CliFlags {
   uint64_t bytes(const std::string& name, uint64_t plain_unit_bytes) const;
   torch::ScalarType dtype(const std::string& name) const;  // f32, bf16, f16
   torch::Device device(const std::string& name) const;     // cpu, cuda (must be available)
+  // What followed a bare `--` (a command that runs another command line: launch).
+  const std::vector<std::string>& trailing() const { return trailing_; }
+  void set_trailing(std::vector<std::string> args) { trailing_ = std::move(args); }
 
  private:
   const FlagSpec& spec(const std::string& name) const;
   std::string command_;
   std::vector<FlagSpec> specs_;
   std::map<std::string, std::vector<std::string>> values_;
+  std::vector<std::string> trailing_;
 };
 
 // "1,2,3" -> {1, 2, 3}; InputError naming `flag` on anything else.

@@ -1,5 +1,6 @@
 #include "cli/command_table.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -12,6 +13,7 @@
 
 #include "cli/data_commands.h"
 #include "cli/export_command.h"
+#include "cli/launch_command.h"
 #include "cli/model_commands.h"
 #include "cli/plot_command.h"
 #include "cli/text_commands.h"
@@ -67,6 +69,20 @@ std::vector<CommandSpec> make_table() {
         {"print-config", "", "",
          "print the resolved recipe (every key, defaults filled) and exit"}},
        run_train_command},
+      {"launch",
+       "run a training on several processes (data parallel) through mpirun: "
+       "gemma-train launch --nproc N -- --recipe R",
+       "-- <train arguments>",
+       {{"nproc", "N", "", "processes (ranks) in all", true},
+        {"hosts", "H1,H2,...", "",
+         "machines to spread them over (host or host:slots; default: this one)"},
+        {"mpirun", "PATH", "mpirun", "the MPI launcher to run"},
+        {"mpi-args", "ARGS", "",
+         "more arguments for mpirun, space-separated, e.g. --mpi-args=\"--mca btl tcp,self\""},
+        {"dry-run", "", "", "print the mpirun command line and exit"}},
+       run_launch_command,
+       "",
+       true},
       {"validate-data",
        "check a training dataset (JSONL) row by row: JSON, fields, roles, turn order, lengths, "
        "duplicates",
@@ -274,13 +290,22 @@ void check_outputs_before_work(const CommandSpec& command, const CliFlags& flags
 int run_command(const CommandSpec& command, std::vector<std::string> args) {
   if (!command.positional.empty() && !args.empty() && args[0].rfind('-', 0) != 0)
     args.insert(args.begin(), "--" + command.positional);
+  std::vector<std::string> trailing;
+  if (command.takes_command_line) {
+    const auto dashes = std::find(args.begin(), args.end(), "--");
+    if (dashes != args.end()) {
+      trailing.assign(dashes + 1, args.end());
+      args.erase(dashes, args.end());
+    }
+  }
   for (const std::string& a : args) {
     if (a == "--help" || a == "-h") {
       std::cout << command_help(command);
       return 0;
     }
   }
-  const CliFlags flags(command.name, args, concat(command.flags, global_flags()));
+  CliFlags flags(command.name, args, concat(command.flags, global_flags()));
+  flags.set_trailing(std::move(trailing));
   set_threads(flags);
   check_outputs_before_work(command, flags);
   return command.run(flags);

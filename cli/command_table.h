@@ -21,6 +21,8 @@ struct CommandSpec {
   // The flag a bare first argument fills (`gemma-train plot metrics.jsonl` = `--metrics
   // metrics.jsonl`); empty: every argument is a flag.
   std::string positional;
+  // Takes a command line after a bare `--` (CliFlags::trailing()).
+  bool takes_command_line = false;
 };
 
 // Every command, in the order help lists them.

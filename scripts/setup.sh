@@ -11,7 +11,7 @@ TORCH_VERSION=2.15.0
 PY_REFERENCE_PACKAGES=(transformers==5.23.0 safetensors==0.8.0 trl==1.16.0 bitsandbytes==0.50.2 gguf==0.19.0 peft==0.21.2 tensorboard==2.21.0 numpy pytest)
 DEBIAN_PACKAGES=(build-essential cmake ninja-build ccache nlohmann-json3-dev libgtest-dev libgmock-dev
                  libbenchmark-dev libsentencepiece-dev sentencepiece libyaml-cpp-dev libre2-dev clang clang-format
-                 clang-tidy)
+                 clang-tidy libopenmpi-dev openmpi-bin)
 
 log() { printf '[setup] %s\n' "$*"; }
 

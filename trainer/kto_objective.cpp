@@ -105,6 +105,13 @@ void KtoObjective::use_reference_logps(Split split, std::vector<KtoReferenceLogp
 
 MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<int64_t>& indices,
                                    Split split, double normalizer, bool backward) {
+  if (indices.empty()) {
+    // A rank without rows of this micro-batch still takes part in the KL's mean over ranks.
+    TORCH_CHECK(reduces_across_ranks(), "KtoObjective::run: no rows");
+    torch::Tensor none = torch::zeros({2}, torch::kFloat64);
+    group_->all_reduce_sum(none);
+    return {};
+  }
   std::vector<const KtoExample*> rows;
   std::vector<uint8_t> labels;
   for (const int64_t i : indices) {
@@ -150,8 +157,18 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const torch::ScalarType dtype = logps.scalar_type();
   ref_logps = ref_logps.to(logps.device(), dtype);
   ref_kl_logps = ref_kl_logps.to(logps.device(), dtype);
-  const torch::Tensor kl = uses_kl() ? kto_clamped_kl(kto_kl_mean(kl_logps, ref_kl_logps))
-                                     : torch::zeros({}, logps.options());
+  torch::Tensor kl = torch::zeros({}, logps.options());
+  if (uses_kl()) {
+    torch::Tensor mean = kto_kl_mean(kl_logps, ref_kl_logps);
+    if (reduces_across_ranks()) {
+      // TRL: gather_for_metrics(kl).mean(): the mean of the ranks' means.
+      torch::Tensor sum_count =
+          torch::stack({mean.to(torch::kCPU, torch::kFloat64), torch::ones({}, torch::kFloat64)});
+      group_->all_reduce_sum(sum_count);
+      mean = (sum_count[0] / sum_count[1]).to(logps.device(), dtype);
+    }
+    kl = kto_clamped_kl(mean);
+  }
   const torch::Tensor desirable =
       torch::tensor(std::vector<int64_t>(labels.begin(), labels.end()), torch::kInt64)
           .to(logps.device())

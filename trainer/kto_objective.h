@@ -40,6 +40,10 @@ class KtoObjective : public TrainingObjective {
   MicroBatchResult run(Gemma4ForCausalLM& model, const std::vector<int64_t>& indices, Split split,
                        double normalizer, bool backward) override;
   bool sequential() const override { return options_.sequential; }
+  void set_process_group(ProcessGroup* group) override { group_ = group; }
+  bool reduces_across_ranks() const override {
+    return uses_kl() && group_ != nullptr && group_->world_size() > 1;
+  }
 
   // Whether the loss has the KL term (kto; apo_zero_unpaired has none).
   bool uses_kl() const { return options_.loss.loss_type == KtoLossType::kKto; }
@@ -56,6 +60,7 @@ class KtoObjective : public TrainingObjective {
   KtoObjectiveOptions options_;
   ReferenceModel reference_;
   std::vector<KtoReferenceLogps> precomputed_[2];
+  ProcessGroup* group_ = nullptr;
 };
 
 }  // namespace gemma

@@ -531,6 +531,7 @@ const std::vector<Field>& recipe_fields() {
       plain("training", "save_steps", kT, &T::save_steps),
       plain("training", "save_total_limit", kT, &T::save_total_limit),
       plain("training", "seed", kT, &T::seed),
+      plain("training", "ddp_timeout", kT, &T::ddp_timeout),
       plain("training", "output_dir", kT, &T::output_dir),
       plain("training", "overwrite_output_dir", kT, &T::overwrite_output_dir),
       resume_field(),
@@ -976,6 +977,7 @@ void validate(const Recipe& recipe) {
   check.steps_or_ratio(t.save_steps, "training.save_steps", /*zero_ok=*/false);
   if (t.save_total_limit) check.positive(*t.save_total_limit, "training.save_total_limit");
   check.expect(t.seed >= 0, "training.seed", "an integer >= 0", std::to_string(t.seed));
+  check.positive(t.ddp_timeout, "training.ddp_timeout");
   if (t.output_dir.empty())
     check.fail("training.output_dir", "required: the folder for checkpoints and the adapter");
   if (t.method != TrainingMethod::kSft) check.positive(t.beta, "training.beta");

@@ -171,6 +171,8 @@ struct TrainingSection {
   std::optional<int64_t> precompute_ref_batch_size;  // null: per_device_{train,eval}_batch_size
   bool disable_dropout = true;
   RefModel ref_model = RefModel::kAuto;
+  // TrainingArguments: the longest a collective waits for the other ranks, in seconds.
+  int64_t ddp_timeout = 1800;
 };
 
 struct ExportSection {

@@ -24,10 +24,13 @@ constexpr const char* kOptimizerFile = "optimizer.safetensors";
 constexpr const char* kRngFile = "rng_state.safetensors";
 constexpr const char* kPrefix = "checkpoint-";
 
+std::string rank_rng_file(int rank) { return "rng_state_" + std::to_string(rank) + ".safetensors"; }
+
 json progress_json(const TrainingProgress& p) {
   return {{"global_step", p.global_step},
           {"epoch_index", p.epoch},
           {"batches_in_epoch", p.batches_in_epoch},
+          {"samples_in_epoch", p.samples_in_epoch},
           {"num_tokens", p.num_tokens},
           {"train_loss_sum", p.train_loss_sum},
           {"log_loss_sum", p.log_loss_sum},
@@ -45,7 +48,42 @@ std::optional<int64_t> checkpoint_step(const fs::path& dir) {
   return std::stoll(digits);
 }
 
+NamedTensors current_rng_states() {
+  NamedTensors rng = {{"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
+  // Dropout on a GPU draws from that device's generator.
+  for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
+    rng.emplace_back("cuda:" + std::to_string(i),
+                     at::globalContext()
+                         .defaultGenerator(at::Device(at::kCUDA, static_cast<int8_t>(i)))
+                         .get_state());
+  }
+  return rng;
+}
+
+NamedTensors decode_rng_state(const std::string& bytes) {
+  const json states = json::from_cbor(bytes);
+  NamedTensors out;
+  for (const auto& [key, value] : states.items()) {
+    const std::vector<uint8_t>& b = value.get_binary();
+    out.emplace_back(key, torch::from_blob(const_cast<uint8_t*>(b.data()),
+                                           {static_cast<int64_t>(b.size())}, torch::kUInt8)
+                              .clone());
+  }
+  return out;
+}
+
 }  // namespace
+
+std::string encode_rng_state() {
+  json states = json::object();
+  for (const auto& [key, state] : current_rng_states()) {
+    const torch::Tensor bytes = state.contiguous();
+    const auto* p = bytes.data_ptr<uint8_t>();
+    states[key] = json::binary(std::vector<uint8_t>(p, p + bytes.numel()));
+  }
+  const std::vector<uint8_t> cbor = json::to_cbor(states);
+  return {cbor.begin(), cbor.end()};
+}
 
 std::vector<fs::path> checkpoints_by_step(const fs::path& output_dir) {
   std::vector<std::pair<int64_t, fs::path>> found;
@@ -82,16 +120,14 @@ fs::path save_training_checkpoint(const fs::path& output_dir, Gemma4ForCausalLM&
   write_folder_atomically(dir, [&](const fs::path& tmp) {
     write_peft_adapter_files(model, *c.spec, c.prefix, c.base_model_name, tmp);
     write_safetensors(tmp / kOptimizerFile, c.optimizer->state_dict(), {{"format", "pt"}});
-    std::vector<std::pair<std::string, torch::Tensor>> rng = {
-        {"cpu", at::detail::getDefaultCPUGenerator().get_state()}};
-    // Dropout on a GPU draws from that device's generator.
-    for (int64_t i = 0; i < static_cast<int64_t>(torch::cuda::device_count()); ++i) {
-      rng.emplace_back("cuda:" + std::to_string(i),
-                       at::globalContext()
-                           .defaultGenerator(at::Device(at::kCUDA, static_cast<int8_t>(i)))
-                           .get_state());
+    if (c.rng_states.size() <= 1) {
+      write_safetensors(tmp / kRngFile, c.rng_states.empty() ? current_rng_states()
+                                                             : decode_rng_state(c.rng_states[0]));
+    } else {
+      for (size_t r = 0; r < c.rng_states.size(); ++r)
+        write_safetensors(tmp / rank_rng_file(static_cast<int>(r)),
+                          decode_rng_state(c.rng_states[r]));
     }
-    write_safetensors(tmp / kRngFile, rng);
     json state = {{"global_step", c.progress->global_step},
                   {"log_history", c.progress->log_history},
                   {"run", c.run},
@@ -103,7 +139,7 @@ fs::path save_training_checkpoint(const fs::path& output_dir, Gemma4ForCausalLM&
 
 TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM& model,
                                           const std::string& prefix, Optimizer& optimizer,
-                                          json* run) {
+                                          json* run, int rank) {
   const fs::path state_path = dir / kStateFile;
   if (!fs::is_regular_file(state_path))
     throw InputError(dir.string() + ": not a training checkpoint (no " + kStateFile + ")");
@@ -114,6 +150,7 @@ TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM
     p.global_step = g.at("global_step").get<int64_t>();
     p.epoch = g.at("epoch_index").get<int64_t>();
     p.batches_in_epoch = g.at("batches_in_epoch").get<int64_t>();
+    p.samples_in_epoch = g.value("samples_in_epoch", int64_t{-1});
     p.num_tokens = g.at("num_tokens").get<int64_t>();
     p.train_loss_sum = g.at("train_loss_sum").get<double>();
     p.log_loss_sum = g.at("log_loss_sum").get<double>();
@@ -152,7 +189,11 @@ TrainingProgress load_training_checkpoint(const fs::path& dir, Gemma4ForCausalLM
   } catch (const std::invalid_argument& e) {
     throw InputError(opt.path().string() + ": " + e.what());
   }
-  const SafetensorsFile rng(dir / kRngFile);
+  // This rank's state, else rank 0's (a resume with more ranks), else a single process's.
+  fs::path rng_path = dir / rank_rng_file(rank);
+  if (!fs::is_regular_file(rng_path)) rng_path = dir / rank_rng_file(0);
+  if (!fs::is_regular_file(rng_path)) rng_path = dir / kRngFile;
+  const SafetensorsFile rng(rng_path);
   if (!rng.contains("cpu")) throw InputError(rng.path().string() + ": lacks the cpu RNG state");
   at::Generator gen = at::detail::getDefaultCPUGenerator();
   gen.set_state(rng.view("cpu").clone());

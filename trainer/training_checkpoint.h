@@ -24,9 +24,12 @@ namespace gemma {
 struct TrainingProgress {
   int64_t global_step = 0;
   int64_t epoch = 0;             // the epoch being read (0-based)
-  int64_t batches_in_epoch = 0;  // micro-batches of that epoch already consumed
-  int64_t num_tokens = 0;        // tokens seen so far (TRL's num_tokens)
-  double train_loss_sum = 0;     // Σ step losses, for the final train_loss
+  int64_t batches_in_epoch = 0;  // global micro-batches of that epoch already consumed
+  // Rows of the epoch's order already consumed (all ranks together); -1 when loaded from a
+  // checkpoint that predates it (the loop derives it from batches_in_epoch).
+  int64_t samples_in_epoch = 0;
+  int64_t num_tokens = 0;     // tokens seen so far (TRL's num_tokens)
+  double train_loss_sum = 0;  // Σ step losses, for the final train_loss
   // Since the last logged step:
   double log_loss_sum = 0;
   int64_t log_steps = 0;
@@ -42,7 +45,13 @@ struct CheckpointContents {
   const Optimizer* optimizer;
   const TrainingProgress* progress;
   nlohmann::json run;  // what the run was (max_steps, seed, batch sizes), for checks on resume
+  // Every rank's RNG state (encode_rng_state()), by rank: one gives rng_state.safetensors, several
+  // rng_state_<rank>.safetensors (as the Trainer writes rng_state_<rank>.pth).
+  std::vector<std::string> rng_states;
 };
+
+// This process's generators (CPU and each CUDA device's) as bytes, to gather on rank 0.
+std::string encode_rng_state();
 
 // Writes `output_dir/checkpoint-<step>` (replacing a stale one of the same step).
 std::filesystem::path save_training_checkpoint(const std::filesystem::path& output_dir,
@@ -55,11 +64,12 @@ std::optional<std::filesystem::path> newest_checkpoint(const std::filesystem::pa
 // The checkpoints of `output_dir` by step, oldest first.
 std::vector<std::filesystem::path> checkpoints_by_step(const std::filesystem::path& output_dir);
 
-// Loads a checkpoint into the model's attached adapters, the optimizer and the RNG; returns the
-// progress. InputError naming the folder and file for anything missing or not fitting (another
-// adapter shape, another optimizer's state). `run` is returned for the caller's checks.
+// Loads a checkpoint into the model's attached adapters, the optimizer and the RNG (rank `rank`'s
+// state; rank 0's when the checkpoint has none for it, as after a resume with more ranks); returns
+// the progress. InputError naming the folder and file for anything missing or not fitting
+// (another adapter shape, another optimizer's state). `run` is returned for the caller's checks.
 TrainingProgress load_training_checkpoint(const std::filesystem::path& dir,
                                           Gemma4ForCausalLM& model, const std::string& prefix,
-                                          Optimizer& optimizer, nlohmann::json* run);
+                                          Optimizer& optimizer, nlohmann::json* run, int rank = 0);
 
 }  // namespace gemma

@@ -13,6 +13,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -36,6 +37,7 @@
 #include "peft/lora_adapters.h"
 #include "peft/merged_checkpoint.h"
 #include "peft/peft_adapter.h"
+#include "trainer/data_parallel.h"
 #include "trainer/dpo_objective.h"
 #include "trainer/kto_objective.h"
 #include "trainer/metrics_plot.h"
@@ -79,6 +81,12 @@ class StopSignals {
  private:
   void (*old_int_)(int) = SIG_DFL;
   void (*old_term_)(int) = SIG_DFL;
+};
+
+// Where the ranks other than 0 send what only rank 0 shows (the progress bar, notes).
+class NullBuffer : public std::streambuf {
+ protected:
+  int overflow(int c) override { return c; }
 };
 
 // ---- the recipe's choices in the types of the layers below.
@@ -277,8 +285,11 @@ struct EvalResult {
 };
 
 // The Trainer's evaluation: per-batch mean losses averaged with each batch's row count as weight;
-// the objective's metrics averaged over the batches that report them, as TRL appends them.
-EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int64_t batch_size) {
+// the objective's metrics averaged over the batches that report them, as TRL appends them. With
+// several ranks each batch is a global one (per_device_eval_batch_size rows per rank), its loss
+// normalised by the whole batch's loss units, so the result is the single-process one.
+EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int64_t batch_size,
+                    ProcessGroup& group) {
   const auto start = std::chrono::steady_clock::now();
   model->eval();
   EvalResult r;
@@ -286,15 +297,24 @@ EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int6
   int64_t rows = 0;
   std::map<std::string, std::vector<double>> metrics;
   const int64_t n = objective.size(Split::kEval);
-  for (int64_t begin = 0; begin < n; begin += batch_size) {
-    std::vector<int64_t> indices;
-    for (int64_t i = begin; i < std::min(n, begin + batch_size); ++i) indices.push_back(i);
-    const auto units =
-        static_cast<double>(std::max<int64_t>(1, objective.loss_units(indices, Split::kEval)));
-    const MicroBatchResult m = objective.run(model, indices, Split::kEval, units, false);
-    weighted += m.loss * static_cast<double>(indices.size());
-    rows += static_cast<int64_t>(indices.size());
-    for (const auto& [name, value] : m.metrics) metrics[name].push_back(value);
+  const int64_t global_batch = batch_size * group.world_size();
+  for (int64_t begin = 0; begin < n; begin += global_batch) {
+    std::vector<int64_t> global;
+    for (int64_t i = begin; i < std::min(n, begin + global_batch); ++i) global.push_back(i);
+    const std::vector<int64_t> indices =
+        rank_rows(global, group.rank(), group.world_size(), batch_size);
+    torch::Tensor units = torch::tensor({objective.loss_units(indices, Split::kEval)});
+    group.all_reduce_sum(units);
+    const auto normalizer = static_cast<double>(std::max<int64_t>(1, units.item<int64_t>()));
+    MicroBatchResult m;
+    if (!indices.empty() || objective.reduces_across_ranks())
+      m = objective.run(model, indices, Split::kEval, normalizer, false);
+    torch::Tensor loss = torch::tensor({m.loss}, torch::kFloat64);
+    group.all_reduce_sum(loss);
+    weighted += loss.item<double>() * static_cast<double>(global.size());
+    rows += static_cast<int64_t>(global.size());
+    for (const auto& [name, value] : merge_rank_metrics(group, {m.metrics}).front())
+      metrics[name].push_back(value);
   }
   model->train();
   r.loss = rows > 0 ? weighted / static_cast<double>(rows) : 0;
@@ -410,7 +430,19 @@ void check_output_dir(const Recipe& recipe) {
 }  // namespace
 
 int run_training(const Recipe& recipe) {
+  const std::unique_ptr<ProcessGroup> single = single_process_group();
+  return run_training(recipe, *single);
+}
+
+int run_training(const Recipe& recipe, ProcessGroup& group) {
   const TrainingSection& t = recipe.training;
+  group.set_timeout(std::chrono::seconds(t.ddp_timeout));
+  const bool main_rank = group.is_main();
+  const int world = group.world_size();
+  NullBuffer null_buffer;
+  std::ostream null_stream(&null_buffer);
+  // Notes and the progress bar: rank 0's only.
+  std::ostream& note = main_rank ? std::cerr : null_stream;
   check_output_dir(recipe);
   // transformers' set_seed(args.seed) before anything draws: dropout masks follow from the seed.
   torch::manual_seed(static_cast<uint64_t>(t.seed));
@@ -504,7 +536,7 @@ int run_training(const Recipe& recipe) {
     weights.undesirable_weight = t.undesirable_weight;
     const std::string warning =
         kto_weight_warning(train_report.desirable, train_report.undesirable, weights);
-    if (!warning.empty()) std::cerr << "[train] warning: " << warning << "\n";
+    if (!warning.empty()) note << "[train] warning: " << warning << "\n";
   }
   if (t.eval_strategy != EvalStrategy::kNo && n_eval == 0)
     throw InputError(recipe.source +
@@ -524,7 +556,7 @@ int run_training(const Recipe& recipe) {
     dpo_loss_options.f_alpha_divergence_coef = t.f_alpha_divergence_coef;
     dpo_loss_options.discopop_tau = t.discopop_tau;
     for (const std::string& w : check_dpo_loss_options(dpo_loss_options, t.use_weighting))
-      std::cerr << "[train] warning: " << w << "\n";
+      note << "[train] warning: " << w << "\n";
   }
 
   // ---- steps, as the Trainer counts them.
@@ -533,25 +565,24 @@ int run_training(const Recipe& recipe) {
   const auto n_train = static_cast<int64_t>(t.method == TrainingMethod::kSft   ? sft.train.size()
                                             : t.method == TrainingMethod::kDpo ? dpo.train.size()
                                                                                : kto.train.size());
-  const int64_t batches_per_epoch = (n_train + batch_size - 1) / batch_size;
+  // A global micro-batch: batch_size rows on each rank.
+  const int64_t global_batch = batch_size * world;
+  const int64_t batches_per_epoch = (n_train + global_batch - 1) / global_batch;
   const int64_t steps_per_epoch =
       std::max<int64_t>(1, (batches_per_epoch + accumulation - 1) / accumulation);
-  const int64_t total_steps =
+  int64_t total_steps =
       t.max_steps > 0 ? t.max_steps
                       : static_cast<int64_t>(
                             std::ceil(t.num_train_epochs * static_cast<double>(steps_per_epoch)));
   if (total_steps <= 0)
     throw InputError(recipe.source + ": training.num_train_epochs gives no step to train");
-  const int64_t logging_steps = steps_of(t.logging_steps, total_steps);
-  const int64_t save_steps = steps_of(t.save_steps, total_steps);
-  const int64_t eval_steps = steps_of(t.eval_steps.value_or(t.logging_steps), total_steps);
 
   // ---- the model and its adapter.
-  std::cerr << "[train] " << data_summary << "; " << n_eval << " eval "
-            << (t.method == TrainingMethod::kSft   ? "sequences"
-                : t.method == TrainingMethod::kDpo ? "pairs"
-                                                   : "completions")
-            << "\n";
+  note << "[train] " << data_summary << "; " << n_eval << " eval "
+       << (t.method == TrainingMethod::kSft   ? "sequences"
+           : t.method == TrainingMethod::kDpo ? "pairs"
+                                              : "completions")
+       << "\n";
   Gemma4LoadOptions load;
   load.dtype = recipe.model.load_in_4bit
                    ? torch_dtype(recipe.model.bnb_4bit_compute_dtype, model_dir)
@@ -577,6 +608,15 @@ int run_training(const Recipe& recipe) {
   model->train();
   const NamedTensors params = trainable_parameters(model);
   if (params.empty()) throw InputError(recipe.source + ": peft.target_modules match no module");
+  if (world > 1 && load.device.is_cuda()) {
+    // Each process takes the GPU of its local rank (among those CUDA_VISIBLE_DEVICES shows).
+    const auto devices = static_cast<int>(torch::cuda::device_count());
+    if (group.local_rank() >= devices)
+      throw InputError(recipe.source + ": model.device cuda: local rank " +
+                       std::to_string(group.local_rank()) + " has no GPU of its own (" +
+                       std::to_string(devices) + " visible); start at most " +
+                       std::to_string(devices) + " ranks per machine");
+  }
 
   // ---- the objective. DPO and KTO: dropout off everywhere (TRL's disable_dropout, LoRA's too)
   // and the reference model.
@@ -643,6 +683,92 @@ int run_training(const Recipe& recipe) {
     o.paged = t.optim == OptimizerName::kPagedAdamw32bit;
     optimizer = std::make_unique<AdamW>(std::move(groups), o);
   }
+  // What a checkpoint must agree with to be continued.
+  const json run = {{"max_steps", total_steps},
+                    {"per_device_train_batch_size", batch_size},
+                    {"gradient_accumulation_steps", accumulation},
+                    {"train_sequences", n_train},
+                    {"seed", t.seed},
+                    {"world_size", world}};
+
+  // ---- resume.
+  TrainingProgress progress;
+  if (t.resume_from_checkpoint.enabled) {
+    std::optional<fs::path> dir;
+    if (!t.resume_from_checkpoint.path.empty()) {
+      dir = fs::path(t.resume_from_checkpoint.path);
+    } else {
+      dir = newest_checkpoint(output_dir);
+      if (!dir)
+        throw InputError(recipe.source + ": training.resume_from_checkpoint: true, but " +
+                         output_dir.string() + " has no checkpoint-N folder");
+    }
+    json saved_run;
+    progress = load_training_checkpoint(*dir, model, prefix, *optimizer, &saved_run, group.rank());
+    // Checkpoints of single-process runs before data parallelism say no world size.
+    const int64_t saved_world = saved_run.value("world_size", int64_t{1});
+    if (progress.samples_in_epoch < 0)
+      progress.samples_in_epoch =
+          std::min(n_train, progress.batches_in_epoch * batch_size * saved_world);
+    const bool world_changed = saved_world != world;
+    for (const auto& [key, value] : run.items()) {
+      // Another world size reads the same samples in other steps: the step count follows.
+      if (key == "world_size" || (world_changed && key == "max_steps" && t.max_steps <= 0))
+        continue;
+      if (saved_run.value(key, json()) != value)
+        throw InputError(dir->string() + ": was saved by a run with " + key + " " +
+                         saved_run.value(key, json()).dump() + ", this recipe gives " +
+                         value.dump() + "; resume with the recipe it was trained with");
+    }
+    note << "[train] resuming from " << dir->string() << " at step " << progress.global_step
+         << "\n";
+    if (world_changed) {
+      progress.batches_in_epoch = (progress.samples_in_epoch + global_batch - 1) / global_batch;
+      const double position =
+          static_cast<double>(progress.epoch) +
+          static_cast<double>(progress.samples_in_epoch) / static_cast<double>(n_train);
+      if (t.max_steps <= 0)
+        total_steps = progress.global_step +
+                      std::max<int64_t>(
+                          1, static_cast<int64_t>(std::ceil((t.num_train_epochs - position) *
+                                                            static_cast<double>(steps_per_epoch))));
+      note << "[train] the checkpoint is of a run of " << saved_world << " rank"
+           << (saved_world == 1 ? "" : "s") << ", this one has " << world
+           << ": it continues at the same sample (epoch " << progress.epoch << ", sample "
+           << progress.samples_in_epoch << " of " << n_train << "), " << global_batch * accumulation
+           << " samples per step instead of " << batch_size * saved_world * accumulation
+           << ", to step " << total_steps << "\n";
+    }
+  }
+  // Every rank is ready: from here on the ranks run in step (cli/train_command.cpp sends a rank
+  // that failed before this point here with its error).
+  agree_ranks_ready(group, "");
+  if (world > 1) {
+    // The same run on every rank (the recipe and data each rank read), and rank 0's adapter.
+    const std::vector<std::string> runs = group.all_gather(run.dump());
+    for (int r = 1; r < world; ++r) {
+      if (runs[static_cast<size_t>(r)] == runs[0]) continue;
+      if (!main_rank) throw PeerRankFailed(0);
+      throw InputError(recipe.source + ": rank " + std::to_string(r) + " reads another run (" +
+                       runs[static_cast<size_t>(r)] + ") than rank 0 (" + runs[0] +
+                       "): every rank needs the same recipe and data");
+    }
+    for (const auto& [name, param] : params) {
+      torch::NoGradGuard no_grad;
+      torch::Tensor p = param;
+      if (p.is_contiguous()) {
+        group.broadcast(p, 0);
+      } else {
+        torch::Tensor c = p.contiguous();
+        group.broadcast(c, 0);
+        p.copy_(c);
+      }
+    }
+    objective->set_process_group(&group);
+  }
+  const int64_t logging_steps = steps_of(t.logging_steps, total_steps);
+  const int64_t save_steps = steps_of(t.save_steps, total_steps);
+  const int64_t eval_steps = steps_of(t.eval_steps.value_or(t.logging_steps), total_steps);
   LrScheduleKind kind = LrScheduleKind::kLinear;
   switch (t.lr_scheduler_type) {
     case LrSchedulerType::kLinear:
@@ -660,44 +786,14 @@ int run_training(const Recipe& recipe) {
   }
   const LrSchedule schedule(kind, warmup_steps_for(t.warmup_steps, total_steps), total_steps);
 
-  // What a checkpoint must agree with to be continued.
-  const json run = {{"max_steps", total_steps},
-                    {"per_device_train_batch_size", batch_size},
-                    {"gradient_accumulation_steps", accumulation},
-                    {"train_sequences", n_train},
-                    {"seed", t.seed}};
-
-  // ---- resume.
-  TrainingProgress progress;
-  if (t.resume_from_checkpoint.enabled) {
-    std::optional<fs::path> dir;
-    if (!t.resume_from_checkpoint.path.empty()) {
-      dir = fs::path(t.resume_from_checkpoint.path);
-    } else {
-      dir = newest_checkpoint(output_dir);
-      if (!dir)
-        throw InputError(recipe.source + ": training.resume_from_checkpoint: true, but " +
-                         output_dir.string() + " has no checkpoint-N folder");
-    }
-    json saved_run;
-    progress = load_training_checkpoint(*dir, model, prefix, *optimizer, &saved_run);
-    for (const auto& [key, value] : run.items()) {
-      if (saved_run.value(key, json()) != value)
-        throw InputError(dir->string() + ": was saved by a run with " + key + " " +
-                         saved_run.value(key, json()).dump() + ", this recipe gives " +
-                         value.dump() + "; resume with the recipe it was trained with");
-    }
-    std::cerr << "[train] resuming from " << dir->string() << " at step " << progress.global_step
-              << "\n";
-  }
-  fs::create_directories(output_dir);
+  if (main_rank) fs::create_directories(output_dir);
   if (preference && t.precompute_ref_log_probs) {
     // One pass of the reference over the data before training (or the cache of an earlier one).
     const json key = reference_cache_key(recipe, reference, model_dir, recipe_name(t.method));
     std::optional<ReferenceLogpsCache> cache = read_reference_logps(output_dir, key);
     if (cache) {
-      std::cerr << "[train] reference log-probs from "
-                << (output_dir / kReferenceLogpsFile).string() << "\n";
+      note << "[train] reference log-probs from " << (output_dir / kReferenceLogpsFile).string()
+           << "\n";
     } else {
       cache = ReferenceLogpsCache{key, {}, {}};
       model->eval();
@@ -706,9 +802,8 @@ int run_training(const Recipe& recipe) {
         const int64_t size = t.precompute_ref_batch_size.value_or(
             split == Split::kTrain ? t.per_device_train_batch_size : t.per_device_eval_batch_size);
         const auto report = [&](int64_t done, int64_t total) {
-          std::cerr << "\r[train] reference log-probs ("
-                    << (split == Split::kTrain ? "train" : "eval") << "): " << done << "/" << total
-                    << std::flush;
+          note << "\r[train] reference log-probs (" << (split == Split::kTrain ? "train" : "eval")
+               << "): " << done << "/" << total << std::flush;
         };
         std::vector<std::vector<double>>& out = split == Split::kTrain ? cache->train : cache->eval;
         if (dpo_objective) {
@@ -720,10 +815,10 @@ int run_training(const Recipe& recipe) {
                kto_objective->compute_reference_logps(model, split, size, report))
             out.push_back({r.completion, r.kl});
         }
-        std::cerr << "\n";
+        note << "\n";
       }
       model->train();
-      write_reference_logps(output_dir, *cache);
+      if (main_rank) write_reference_logps(output_dir, *cache);
     }
     for (const Split split : {Split::kTrain, Split::kEval}) {
       const std::vector<std::vector<double>>& values =
@@ -746,19 +841,20 @@ int run_training(const Recipe& recipe) {
     }
   }
   const bool tensorboard = !t.report_to.empty();
-  RunLog log(output_dir, tensorboard, progress.log_history);
+  std::optional<RunLog> log;
+  if (main_rank) log.emplace(output_dir, tensorboard, progress.log_history);
 
   const auto log_entry = [&](json entry) {
     entry["step"] = progress.global_step;
     progress.log_history.push_back(entry);
-    log.write(entry);
+    if (log) log->write(entry);
   };
   const auto epoch_now = [&] {
     return static_cast<double>(progress.epoch) +
            static_cast<double>(progress.batches_in_epoch) / static_cast<double>(batches_per_epoch);
   };
   const auto run_eval = [&](ProgressBar& bar) {
-    const EvalResult e = evaluate(model, *objective, t.per_device_eval_batch_size);
+    const EvalResult e = evaluate(model, *objective, t.per_device_eval_batch_size, group);
     json entry = {{"eval_loss", e.loss},
                   {"eval_runtime", e.seconds},
                   {"eval_num_tokens", progress.num_tokens},
@@ -767,21 +863,29 @@ int run_training(const Recipe& recipe) {
     log_entry(entry);
     bar.message("step " + std::to_string(progress.global_step) + ": eval_loss " + fixed(e.loss, 4));
   };
+  // Every rank calls it: rank 0 writes the checkpoint with every rank's RNG state while the others
+  // wait at the barrier.
   const auto save = [&] {
-    CheckpointContents c{&spec, prefix, recipe.model.name_or_path, optimizer.get(), &progress, run};
-    fs::path dir = save_training_checkpoint(output_dir, model, c);
-    if (t.save_total_limit) {
-      std::vector<fs::path> all = checkpoints_by_step(output_dir);
-      while (static_cast<int64_t>(all.size()) > *t.save_total_limit) {
-        fs::remove_all(all.front());
-        all.erase(all.begin());
+    const std::vector<std::string> rng = group.all_gather(encode_rng_state());
+    fs::path dir = output_dir / ("checkpoint-" + std::to_string(progress.global_step));
+    if (main_rank) {
+      CheckpointContents c{&spec, prefix, recipe.model.name_or_path, optimizer.get(), &progress,
+                           run,   rng};
+      dir = save_training_checkpoint(output_dir, model, c);
+      if (t.save_total_limit) {
+        std::vector<fs::path> all = checkpoints_by_step(output_dir);
+        while (static_cast<int64_t>(all.size()) > *t.save_total_limit) {
+          fs::remove_all(all.front());
+          all.erase(all.begin());
+        }
       }
     }
+    group.barrier();
     return dir;
   };
 
   StopSignals signals;
-  ProgressBar bar(total_steps, std::cerr, ProgressBar::stderr_is_terminal(),
+  ProgressBar bar(total_steps, note, main_rank && ProgressBar::stderr_is_terminal(),
                   ProgressBar::steady_seconds, progress.global_step);
   const auto run_start = std::chrono::steady_clock::now();
   auto log_start = run_start;
@@ -796,40 +900,61 @@ int run_training(const Recipe& recipe) {
     return in_order;
   };
   std::vector<int64_t> order = order_of(progress.epoch);
+  const bool per_micro_batch = t.loss_normalization == LossNormalization::kMicroBatch;
   double last_loss = 0;
   while (progress.global_step < total_steps) {
-    if (progress.batches_in_epoch >= batches_per_epoch) {
+    if (progress.samples_in_epoch >= n_train) {
       if (t.eval_strategy == EvalStrategy::kEpoch) run_eval(bar);
       ++progress.epoch;
       progress.batches_in_epoch = 0;
+      progress.samples_in_epoch = 0;
       order = order_of(progress.epoch);
     }
-    // The window: up to gradient_accumulation_steps micro-batches, fewer at an epoch's end.
+    // The window: up to gradient_accumulation_steps global micro-batches, fewer at an epoch's
+    // end; of each, this rank's rows.
     std::vector<std::vector<int64_t>> window;
-    for (int64_t k = 0; k < accumulation && progress.batches_in_epoch + k < batches_per_epoch;
-         ++k) {
-      const int64_t begin = (progress.batches_in_epoch + k) * batch_size;
-      std::vector<int64_t> indices;
-      for (int64_t i = begin; i < std::min(n_train, begin + batch_size); ++i)
-        indices.push_back(order[static_cast<size_t>(i)]);
-      window.push_back(std::move(indices));
+    const int64_t position = progress.samples_in_epoch;
+    int64_t window_end = position;
+    for (int64_t k = 0; k < accumulation && position + k * global_batch < n_train; ++k) {
+      const int64_t begin = position + k * global_batch;
+      window_end = std::min(n_train, begin + global_batch);
+      std::vector<int64_t> global(order.begin() + begin, order.begin() + window_end);
+      window.push_back(rank_rows(global, group.rank(), world, batch_size));
     }
-    int64_t units = 0;
-    for (const auto& indices : window) units += objective->loss_units(indices, Split::kTrain);
-    const auto normalizer = static_cast<double>(std::max<int64_t>(1, units));
-    const bool per_micro_batch = t.loss_normalization == LossNormalization::kMicroBatch;
+    // The loss units of each global micro-batch, known before the forward passes.
+    torch::Tensor units = torch::empty({static_cast<int64_t>(window.size())}, torch::kInt64);
+    for (size_t k = 0; k < window.size(); ++k)
+      units[static_cast<int64_t>(k)] = objective->loss_units(window[k], Split::kTrain);
+    group.all_reduce_sum(units);
+    const auto normalizer = static_cast<double>(std::max<int64_t>(1, units.sum().item<int64_t>()));
     double step_loss = 0;
-    for (const auto& indices : window) {
+    int64_t step_tokens = 0;
+    WindowMetrics metrics(window.size());
+    for (size_t k = 0; k < window.size(); ++k) {
+      const std::vector<int64_t>& indices = window[k];
       // micro_batch: this micro-batch's token mean, then the mean over the window's micro-batches
       const double divisor = per_micro_batch
                                  ? static_cast<double>(std::max<int64_t>(
-                                       1, objective->loss_units(indices, Split::kTrain))) *
+                                       1, units[static_cast<int64_t>(k)].item<int64_t>())) *
                                        static_cast<double>(window.size())
                                  : normalizer;
+      if (indices.empty() && !objective->reduces_across_ranks()) continue;
       const MicroBatchResult m = objective->run(model, indices, Split::kTrain, divisor, true);
       step_loss += m.loss;
-      progress.num_tokens += m.num_tokens;
-      for (const auto& [name, value] : m.metrics) progress.log_metrics[name].push_back(value);
+      step_tokens += m.num_tokens;
+      metrics[k] = m.metrics;
+    }
+    // The ranks' gradients, losses and token counts summed; whether any rank was asked to stop.
+    all_reduce_gradients(group, params);
+    torch::Tensor sums = torch::tensor(
+        {step_loss, static_cast<double>(step_tokens), signals.received() != 0 ? 1.0 : 0.0},
+        torch::kFloat64);
+    group.all_reduce_sum(sums);
+    step_loss = sums[0].item<double>();
+    progress.num_tokens += static_cast<int64_t>(std::llround(sums[1].item<double>()));
+    const bool stop_asked = sums[2].item<double>() > 0;
+    for (const auto& by_name : merge_rank_metrics(group, metrics)) {
+      for (const auto& [name, value] : by_name) progress.log_metrics[name].push_back(value);
     }
     const double grad_norm = clip_grad_norm(
         params, t.max_grad_norm > 0 ? t.max_grad_norm : std::numeric_limits<double>::infinity());
@@ -838,6 +963,7 @@ int run_training(const Recipe& recipe) {
     optimizer->zero_grad();
     ++progress.global_step;
     progress.batches_in_epoch += static_cast<int64_t>(window.size());
+    progress.samples_in_epoch = window_end;
     progress.train_loss_sum += step_loss;
     progress.log_loss_sum += step_loss;
     ++progress.log_steps;
@@ -859,6 +985,11 @@ int run_training(const Recipe& recipe) {
                     {"epoch", epoch_now()},
                     {"tokens_per_second", tokens_per_second},
                     {"peak_memory_bytes", peak_memory_bytes()}};
+      if (world > 1) {
+        const CollectiveStats& c = group.stats();
+        entry["all_reduce_seconds"] = c.all_reduce_seconds;
+        entry["all_reduce_bytes"] = c.all_reduce_bytes;
+      }
       for (const auto& [name, values] : progress.log_metrics) entry[name] = mean_of(values);
       log_entry(entry);
       progress.log_loss_sum = 0;
@@ -870,8 +1001,7 @@ int run_training(const Recipe& recipe) {
     if (t.eval_strategy == EvalStrategy::kSteps && eval_steps > 0 &&
         progress.global_step % eval_steps == 0)
       run_eval(bar);
-    if (last && t.eval_strategy == EvalStrategy::kEpoch &&
-        progress.batches_in_epoch >= batches_per_epoch)
+    if (last && t.eval_strategy == EvalStrategy::kEpoch && progress.samples_in_epoch >= n_train)
       run_eval(bar);
     bool saved = false;
     if ((save_steps > 0 && progress.global_step % save_steps == 0) || last) {
@@ -883,13 +1013,14 @@ int run_training(const Recipe& recipe) {
     if (bar.terminal() || logged || last)
       bar.update(progress.global_step,
                  {{"loss", fixed(last_loss, 4)}, {"tok/s", fixed(tokens_per_second, 0)}});
-    if (const int sig = signals.received(); sig != 0 && !last) {
+    if (stop_asked && !last) {
+      const int sig = signals.received() != 0 ? signals.received() : SIGTERM;
       const fs::path dir =
           saved ? output_dir / ("checkpoint-" + std::to_string(progress.global_step)) : save();
       bar.finish();
-      std::cerr << "[train] " << (sig == SIGINT ? "interrupted" : "terminated") << " at step "
-                << progress.global_step << " of " << total_steps << "; saved " << dir.string()
-                << "; continue with --set training.resume_from_checkpoint=true\n";
+      note << "[train] " << (sig == SIGINT ? "interrupted" : "terminated") << " at step "
+           << progress.global_step << " of " << total_steps << "; saved " << dir.string()
+           << "; continue with --set training.resume_from_checkpoint=true\n";
       return 128 + sig;
     }
   }
@@ -899,10 +1030,11 @@ int run_training(const Recipe& recipe) {
   const double runtime =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
   const int64_t steps_run = progress.global_step - first_step;
+  if (!main_rank) return 0;  // rank 0 writes the rest
   log_entry(
       {{"train_runtime", runtime},
        {"train_samples_per_second",
-        runtime > 0 ? static_cast<double>(steps_run * batch_size * accumulation) / runtime : 0},
+        runtime > 0 ? static_cast<double>(steps_run * global_batch * accumulation) / runtime : 0},
        {"train_steps_per_second", runtime > 0 ? static_cast<double>(steps_run) / runtime : 0},
        {"train_loss", progress.train_loss_sum / static_cast<double>(progress.global_step)},
        {"epoch", epoch_now()}});
@@ -910,7 +1042,7 @@ int run_training(const Recipe& recipe) {
   copy_tokenizer_files(model_dir, output_dir);
   std::cout << "wrote " << (output_dir / "adapter_model.safetensors").string() << " (PEFT adapter, "
             << params.size() << " tensors)\n";
-  const std::vector<MetricsPoint> points = read_metrics_jsonl(log.path());
+  const std::vector<MetricsPoint> points = read_metrics_jsonl(log->path());
   if (std::any_of(points.begin(), points.end(),
                   [](const MetricsPoint& p) { return p.loss || p.eval_loss; })) {
     write_metrics_svg(points, output_dir / "loss.svg", "gemma-train " + recipe.source);

@@ -10,6 +10,7 @@
 
 #include "model/gemma4_model.h"
 #include "trainer/chunked_cross_entropy.h"
+#include "trainer/process_group.h"
 
 namespace gemma {
 
@@ -37,6 +38,11 @@ class TrainingObjective {
   // Whether the train examples are read in dataset order rather than shuffled per epoch (KTO's
   // train_sampling_strategy "sequential", its default: the KL pairs are fixed neighbours).
   virtual bool sequential() const { return false; }
+  // The ranks of a data-parallel run, for an objective whose maths reduces across them (KTO's KL
+  // estimate, as TRL gathers it). Such an objective's run() is then called on every rank for
+  // every micro-batch, with no indices where a rank has no rows of it.
+  virtual void set_process_group(ProcessGroup* group) { (void)group; }
+  virtual bool reduces_across_ranks() const { return false; }
 };
 
 }  // namespace gemma
