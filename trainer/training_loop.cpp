@@ -313,8 +313,8 @@ EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int6
     group.all_reduce_sum(loss);
     weighted += loss.item<double>() * static_cast<double>(global.size());
     rows += static_cast<int64_t>(global.size());
-    for (const auto& [name, value] : merge_rank_metrics(group, {m.metrics}).front())
-      metrics[name].push_back(value);
+    const WindowMetrics merged = merge_rank_metrics(group, {m.metrics});
+    for (const auto& [name, value] : merged.front()) metrics[name].push_back(value);
   }
   model->train();
   r.loss = rows > 0 ? weighted / static_cast<double>(rows) : 0;
