@@ -1,6 +1,7 @@
 #include "trainer/data_parallel.h"
 
 #include <algorithm>
+#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -61,24 +62,67 @@ void all_reduce_gradients(ProcessGroup& group, const NamedTensors& params, int64
   }
 }
 
-WindowMetrics merge_rank_metrics(ProcessGroup& group, const WindowMetrics& mine) {
-  if (group.world_size() == 1) return mine;
-  const std::vector<std::string> all = group.all_gather(nlohmann::json(mine).dump());
-  std::vector<std::map<std::string, std::pair<double, int64_t>>> sums(mine.size());
-  for (const std::string& text : all) {
-    const WindowMetrics theirs = nlohmann::json::parse(text).get<WindowMetrics>();
-    for (size_t k = 0; k < std::min(theirs.size(), sums.size()); ++k) {
-      for (const auto& [name, value] : theirs[k]) {
-        auto& [sum, count] = sums[k][name];
-        sum += value;
-        ++count;
+namespace {
+
+// A window's metrics as bytes: per micro-batch, per name, the name, its sum, its count and
+// whether it needs a count (binary doubles: no rounding, and NaN survives).
+std::string encode_metrics(const WindowMetrics& window) {
+  nlohmann::json out = nlohmann::json::array();
+  for (const MicroBatchMetrics& m : window) {
+    nlohmann::json names = nlohmann::json::array();
+    std::vector<double> values;
+    for (const auto& [name, s] : m) {
+      names.push_back(name);
+      values.push_back(s.sum);
+      values.push_back(s.count);
+      values.push_back(s.only_when_counted ? 1 : 0);
+    }
+    const auto* bytes = reinterpret_cast<const uint8_t*>(values.data());
+    out.push_back({names, nlohmann::json::binary(std::vector<uint8_t>(
+                              bytes, bytes + values.size() * sizeof(double)))});
+  }
+  const std::vector<uint8_t> cbor = nlohmann::json::to_cbor(out);
+  return {cbor.begin(), cbor.end()};
+}
+
+WindowMetrics decode_metrics(const std::string& bytes) {
+  const nlohmann::json in = nlohmann::json::from_cbor(bytes);
+  WindowMetrics window;
+  for (const nlohmann::json& m : in) {
+    const std::vector<uint8_t>& b = m.at(1).get_binary();
+    std::vector<double> values(b.size() / sizeof(double));
+    std::memcpy(values.data(), b.data(), values.size() * sizeof(double));
+    MicroBatchMetrics& out = window.emplace_back();
+    for (size_t i = 0; i < m.at(0).size(); ++i)
+      out[m.at(0)[i].get<std::string>()] = {values[3 * i], values[3 * i + 1],
+                                            values[3 * i + 2] != 0};
+  }
+  return window;
+}
+
+}  // namespace
+
+std::vector<std::map<std::string, double>> merge_rank_metrics(ProcessGroup& group,
+                                                              const WindowMetrics& mine) {
+  WindowMetrics total = mine;
+  if (group.world_size() > 1) {
+    total.assign(mine.size(), {});
+    for (const std::string& bytes : group.all_gather(encode_metrics(mine))) {
+      const WindowMetrics theirs = decode_metrics(bytes);
+      for (size_t k = 0; k < std::min(theirs.size(), total.size()); ++k) {
+        for (const auto& [name, s] : theirs[k]) {
+          MetricSum& t = total[k][name];
+          t.sum += s.sum;
+          t.count += s.count;
+          t.only_when_counted = s.only_when_counted;
+        }
       }
     }
   }
-  WindowMetrics merged(mine.size());
-  for (size_t k = 0; k < sums.size(); ++k) {
-    for (const auto& [name, sum_count] : sums[k])
-      merged[k][name] = sum_count.first / static_cast<double>(sum_count.second);
+  std::vector<std::map<std::string, double>> merged(total.size());
+  for (size_t k = 0; k < total.size(); ++k) {
+    for (const auto& [name, s] : total[k])
+      if (s.count > 0 || !s.only_when_counted) merged[k][name] = s.value();
   }
   return merged;
 }

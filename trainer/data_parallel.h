@@ -1,6 +1,6 @@
 // Data parallelism over a ProcessGroup, the pieces the loop composes: which rows of a global
 // micro-batch are this rank's, the gradients summed over the ranks in flat float32 buckets, and
-// the objective's metrics of each micro-batch merged as TRL reports them (the mean over ranks).
+// the objective's metrics of each micro-batch merged as TRL gathers them.
 // With N ranks of micro-batch b, a global micro-batch is N·b consecutive rows of the epoch's
 // order; the loss divides by the global micro-batch's loss units, so N ranks × b is 1 rank × N·b.
 #pragma once
@@ -12,6 +12,7 @@
 
 #include "optim/optimizer.h"
 #include "trainer/process_group.h"
+#include "trainer/training_objective.h"
 
 namespace gemma {
 
@@ -26,9 +27,11 @@ std::vector<int64_t> rank_rows(const std::vector<int64_t>& rows, int rank, int w
 void all_reduce_gradients(ProcessGroup& group, const NamedTensors& params,
                           int64_t bucket_bytes = int64_t{25} << 20);
 
-// Per micro-batch of a window, a rank's metrics by name; merged over ranks: each name's mean over
-// the ranks that report it (a rank with no rows, or without a chosen row in KTO, reports none).
-using WindowMetrics = std::vector<std::map<std::string, double>>;
-WindowMetrics merge_rank_metrics(ProcessGroup& group, const WindowMetrics& mine);
+// Per micro-batch of a window, a rank's metrics as sums and counts; merged over the ranks: each
+// name's sums and counts added, then divided, as TRL divides what it gathered. A name whose
+// count is 0 on every rank is left out (KTO's rewards/chosen of a batch without a chosen row).
+using WindowMetrics = std::vector<MicroBatchMetrics>;
+std::vector<std::map<std::string, double>> merge_rank_metrics(ProcessGroup& group,
+                                                              const WindowMetrics& mine);
 
 }  // namespace gemma

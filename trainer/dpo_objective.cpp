@@ -10,10 +10,14 @@ namespace {
 
 size_t slot(Split split) { return split == Split::kTrain ? 0 : 1; }
 
-// Σ over the masked tokens / their count, 0 when there are none (TRL's guarded averages).
-double masked_mean(const torch::Tensor& values, const torch::Tensor& mask) {
-  const double n = mask.sum().item<double>();
-  return n > 0 ? (values * mask).sum().item<double>() / n : 0.0;
+// Σ over the masked tokens and their count (TRL's guarded averages: 0 when there are none).
+MetricSum masked_sum(const torch::Tensor& values, const torch::Tensor& mask) {
+  return {(values * mask).sum().item<double>(), mask.sum().item<double>()};
+}
+
+// Σ over the rows and their count (TRL's gather(...).mean()).
+MetricSum row_sum(const torch::Tensor& values) {
+  return {values.sum().item<double>(), static_cast<double>(values.numel())};
 }
 
 // The model's forward as the head needs it: hidden[:, :-1] predicts labels[:, 1:].
@@ -180,17 +184,17 @@ MicroBatchResult DpoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const torch::Tensor rejected_mask = mask.narrow(0, b, b);
   const TokenDetails& d = policy.details;
   result.metrics = {
-      {"entropy", masked_mean(d.entropy, mask)},
-      {"logits/chosen", masked_mean(d.mean_logit.narrow(0, 0, b), chosen_mask)},
-      {"logits/rejected", masked_mean(d.mean_logit.narrow(0, b, b), rejected_mask)},
+      {"entropy", masked_sum(d.entropy, mask)},
+      {"logits/chosen", masked_sum(d.mean_logit.narrow(0, 0, b), chosen_mask)},
+      {"logits/rejected", masked_sum(d.mean_logit.narrow(0, b, b), rejected_mask)},
       {"mean_token_accuracy",
-       masked_mean(d.is_top1.narrow(0, 0, b).to(mask.scalar_type()), chosen_mask)},
-      {"rewards/chosen", chosen_rewards.mean().item<double>()},
-      {"rewards/rejected", rejected_rewards.mean().item<double>()},
-      {"rewards/accuracies", (chosen_rewards > rejected_rewards).to(dtype).mean().item<double>()},
-      {"rewards/margins", (chosen_rewards - rejected_rewards).mean().item<double>()},
-      {"logps/chosen", pairs.chosen.detach().mean().item<double>()},
-      {"logps/rejected", pairs.rejected.detach().mean().item<double>()},
+       masked_sum(d.is_top1.narrow(0, 0, b).to(mask.scalar_type()), chosen_mask)},
+      {"rewards/chosen", row_sum(chosen_rewards)},
+      {"rewards/rejected", row_sum(rejected_rewards)},
+      {"rewards/accuracies", row_sum((chosen_rewards > rejected_rewards).to(dtype))},
+      {"rewards/margins", row_sum(chosen_rewards - rejected_rewards)},
+      {"logps/chosen", row_sum(pairs.chosen.detach())},
+      {"logps/rejected", row_sum(pairs.rejected.detach())},
   };
   return result;
 }

@@ -187,36 +187,36 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const torch::Tensor rejected = desirable.logical_not();
   const double n_chosen = chosen.sum().item<double>();
   const double n_rejected = rejected.sum().item<double>();
-  result.metrics["kl"] = kl.item<double>();
-  const double tokens = mask.sum().item<double>();
-  result.metrics["entropy"] =
-      tokens > 0 ? (details.entropy * mask).sum().item<double>() / tokens : 0;
+  // The same KL on every rank: its mean over the ranks is itself.
+  result.metrics["kl"] = {kl.item<double>(), 1};
+  result.metrics["entropy"] = {(details.entropy * mask).sum().item<double>(),
+                               mask.sum().item<double>()};
   const torch::Tensor row_mask_chosen = mask * chosen.unsqueeze(1).to(mask.scalar_type());
   const torch::Tensor row_mask_rejected = mask * rejected.unsqueeze(1).to(mask.scalar_type());
   const double chosen_tokens = row_mask_chosen.sum().item<double>();
   const double rejected_tokens = row_mask_rejected.sum().item<double>();
-  if (chosen_tokens > 0)
-    result.metrics["logits/chosen"] =
-        (details.mean_logit * row_mask_chosen).sum().item<double>() / chosen_tokens;
-  if (rejected_tokens > 0)
-    result.metrics["logits/rejected"] =
-        (details.mean_logit * row_mask_rejected).sum().item<double>() / rejected_tokens;
-  if (n_chosen > 0) {
-    result.metrics["rewards/chosen"] =
-        rewards.masked_select(chosen).nansum().item<double>() / n_chosen;
-    result.metrics["logps/chosen"] =
-        logps.detach().masked_select(chosen).nansum().item<double>() / n_chosen;
-  }
-  if (n_rejected > 0) {
-    result.metrics["rewards/rejected"] =
-        rewards.masked_select(rejected).nansum().item<double>() / n_rejected;
-    result.metrics["logps/rejected"] =
-        logps.detach().masked_select(rejected).nansum().item<double>() / n_rejected;
-  }
-  if (n_chosen > 0 && n_rejected > 0)
-    result.metrics["rewards/margins"] =
-        result.metrics["rewards/chosen"] - result.metrics["rewards/rejected"];
+  // TRL logs these only where some rank has such tokens or rows (a metric whose count stays 0
+  // after the ranks merge is left out).
+  result.metrics["logits/chosen"] = {
+      (details.mean_logit * row_mask_chosen).sum().item<double>(), chosen_tokens, true};
+  result.metrics["logits/rejected"] = {
+      (details.mean_logit * row_mask_rejected).sum().item<double>(), rejected_tokens, true};
+  result.metrics["rewards/chosen"] = {rewards.masked_select(chosen).nansum().item<double>(),
+                                      n_chosen, true};
+  result.metrics["logps/chosen"] = {logps.detach().masked_select(chosen).nansum().item<double>(),
+                                    n_chosen, true};
+  result.metrics["rewards/rejected"] = {rewards.masked_select(rejected).nansum().item<double>(),
+                                        n_rejected, true};
+  result.metrics["logps/rejected"] = {
+      logps.detach().masked_select(rejected).nansum().item<double>(), n_rejected, true};
   return result;
+}
+
+void KtoObjective::add_derived_metrics(std::map<std::string, double>& values) const {
+  const auto chosen = values.find("rewards/chosen");
+  const auto rejected = values.find("rewards/rejected");
+  if (chosen != values.end() && rejected != values.end())
+    values["rewards/margins"] = chosen->second - rejected->second;
 }
 
 }  // namespace gemma

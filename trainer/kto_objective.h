@@ -44,6 +44,7 @@ class KtoObjective : public TrainingObjective {
   bool reduces_across_ranks() const override {
     return uses_kl() && group_ != nullptr && group_->world_size() > 1;
   }
+  void add_derived_metrics(std::map<std::string, double>& values) const override;
 
   // Whether the loss has the KL term (kto; apo_zero_unpaired has none).
   bool uses_kl() const { return options_.loss.loss_type == KtoLossType::kKto; }

@@ -57,9 +57,9 @@ MicroBatchResult SftObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   if (backward) loss.backward();
   result.loss = loss.item<double>();
   result.num_tokens = batch.num_tokens;
-  const auto count = static_cast<double>(std::max<int64_t>(1, stats.count));
-  result.metrics = {{"entropy", stats.entropy_sum / count},
-                    {"mean_token_accuracy", static_cast<double>(stats.correct) / count}};
+  const auto count = static_cast<double>(stats.count);
+  result.metrics = {{"entropy", {stats.entropy_sum, count}},
+                    {"mean_token_accuracy", {static_cast<double>(stats.correct), count}}};
   return result;
 }
 

@@ -16,13 +16,24 @@ namespace gemma {
 
 enum class Split { kTrain, kEval };
 
+// A metric of one micro-batch as a sum and what it is averaged over (tokens, rows, ranks), so
+// that ranks merge by adding both, as TRL gathers the pieces before it divides.
+struct MetricSum {
+  double sum = 0;
+  double count = 0;
+  // Logged only when something was counted (KTO's rewards/chosen); otherwise 0 (TRL's guard).
+  bool only_when_counted = false;
+  double value() const { return count > 0 ? sum / count : 0; }
+};
+using MicroBatchMetrics = std::map<std::string, MetricSum>;
+
 // One micro-batch's share of a step.
 struct MicroBatchResult {
   double loss = 0;         // Σ per-unit loss / normalizer
   int64_t num_tokens = 0;  // TRL's num_tokens (attention-mask sum, or the row length)
   // The trainer's metrics of this micro-batch by TRL's names ("entropy", "rewards/chosen", ...):
   // TRL appends one value per micro-batch and logs the plain mean of them since the last log.
-  std::map<std::string, double> metrics;
+  MicroBatchMetrics metrics;
 };
 
 class TrainingObjective {
@@ -43,6 +54,8 @@ class TrainingObjective {
   // every micro-batch, with no indices where a rank has no rows of it.
   virtual void set_process_group(ProcessGroup* group) { (void)group; }
   virtual bool reduces_across_ranks() const { return false; }
+  // Metrics that follow from others once the ranks' sums are merged (KTO's rewards/margins).
+  virtual void add_derived_metrics(std::map<std::string, double>& values) const { (void)values; }
 };
 
 }  // namespace gemma

@@ -98,10 +98,10 @@ TEST(DpoObjective, LossAndRewardsEqualTheOnePieceComputation) {
   ASSERT_GT((chosen - rejected).abs().max().item<double>(), 1e-4);  // policy != reference
   const double loss = (-torch::log_sigmoid(0.2 * (chosen - rejected))).mean().item<double>();
   EXPECT_NEAR(r.loss, loss, 1e-5 * std::abs(loss));
-  EXPECT_NEAR(r.metrics.at("rewards/chosen"), (0.2 * chosen).mean().item<double>(), 1e-5);
-  EXPECT_NEAR(r.metrics.at("rewards/margins"), (0.2 * (chosen - rejected)).mean().item<double>(),
+  EXPECT_NEAR(r.metrics.at("rewards/chosen").value(), (0.2 * chosen).mean().item<double>(), 1e-5);
+  EXPECT_NEAR(r.metrics.at("rewards/margins").value(), (0.2 * (chosen - rejected)).mean().item<double>(),
               1e-5);
-  EXPECT_NEAR(r.metrics.at("logps/rejected"), policy.narrow(0, 3, 3).mean().item<double>(), 1e-4);
+  EXPECT_NEAR(r.metrics.at("logps/rejected").value(), policy.narrow(0, 3, 3).mean().item<double>(), 1e-4);
   EXPECT_EQ(r.num_tokens, batch.num_tokens);
 
   // Precomputed reference values give the same loss.
@@ -152,8 +152,8 @@ TEST(KtoObjective, LossWithTheKlTermEqualsTheOnePieceComputation) {
                : 1.5 * (1.0 - 1.0 / (1.0 + std::exp(-0.3 * (kl - x))));
   }
   EXPECT_NEAR(r.loss, sum / 4, 1e-5);
-  EXPECT_NEAR(r.metrics.at("kl"), kl, 1e-5);
-  EXPECT_NEAR(r.metrics.at("rewards/chosen"),
+  EXPECT_NEAR(r.metrics.at("kl").value(), kl, 1e-5);
+  EXPECT_NEAR(r.metrics.at("rewards/chosen").value(),
               0.3 * (ratio[0].item<double>() + ratio[2].item<double>()) / 2, 1e-5);
   EXPECT_EQ(r.metrics.count("rewards/accuracies"), 0u);  // not a KTO metric in TRL
 }
