@@ -197,8 +197,8 @@ MicroBatchResult KtoObjective::run(Gemma4ForCausalLM& model, const std::vector<i
   const double rejected_tokens = row_mask_rejected.sum().item<double>();
   // TRL logs these only where some rank has such tokens or rows (a metric whose count stays 0
   // after the ranks merge is left out).
-  result.metrics["logits/chosen"] = {
-      (details.mean_logit * row_mask_chosen).sum().item<double>(), chosen_tokens, true};
+  result.metrics["logits/chosen"] = {(details.mean_logit * row_mask_chosen).sum().item<double>(),
+                                     chosen_tokens, true};
   result.metrics["logits/rejected"] = {
       (details.mean_logit * row_mask_rejected).sum().item<double>(), rejected_tokens, true};
   result.metrics["rewards/chosen"] = {rewards.masked_select(chosen).nansum().item<double>(),

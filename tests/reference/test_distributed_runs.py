@@ -223,3 +223,36 @@ def test_two_rank_resume_continues_exactly(gemma_train, demo_model, tmp_path):
                                       **{"training.resume_from_checkpoint": "true"}))
     assert "run of 2 ranks, this one has 1: it continues at the same sample (epoch 0, sample 48 of 72)" in proc.stderr
     assert (single / "adapter_model.safetensors").exists()
+
+
+def test_launch_builds_the_mpirun_line(gemma_train):
+    proc = run(gemma_train, "launch", "--nproc", 4, "--hosts", "node1:2,node2:2", "--mpi-args=--mca btl tcp,self",
+               "--dry-run", "--", "--recipe", "r.yaml", "--set", "training.seed=1")
+    words = proc.stdout.split()
+    assert words[:3] == ["mpirun", "-np", "4"]
+    assert ("--allow-run-as-root" in words) == (os.geteuid() == 0)
+    assert words[words.index("--host") + 1] == "node1:2,node2:2" and "--oversubscribe" not in words
+    assert words[words.index("--bind-to") + 1] == "none"
+    assert words[-4:] == ["--recipe", "r.yaml", "--set", "training.seed=1"] and "tcp,self" in words
+    assert os.path.samefile(words[-5], gemma_train)
+    for args, expected in [(["--nproc", "0", "--", "--recipe", "r.yaml"], "--nproc expects an integer"),
+                           (["--nproc", "2"], "give the training's arguments after --"),
+                           (["--nproc", "2", "--", "export", "--model", "m"], "runs the train command")]:
+        bad = run(gemma_train, "launch", *args, check=False)
+        assert bad.returncode == 2 and expected in bad.stderr, bad.stderr
+
+
+def test_torchrun_variables(gemma_train, demo_model, tmp_path):
+    """A torchrun-style launch of several processes is refused with how to launch over MPI (no
+    MPI or NCCL rendezvous exists without an MPI launcher); a bad variable is named; a world of
+    one is a plain single-process run."""
+    recipe = settings(demo_model, tmp_path / "t", "sft", 4, 6, **{"training.max_steps": 1})
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
+    proc = subprocess.run([gemma_train, *recipe], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and "gemma-train launch --nproc 2" in proc.stderr, proc.stderr
+    env["RANK"] = "two"
+    proc = subprocess.run([gemma_train, *recipe], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2 and 'RANK="two"' in proc.stderr, proc.stderr
+    env.update({"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0"})
+    proc = subprocess.run([gemma_train, *recipe], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr

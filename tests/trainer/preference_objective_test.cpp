@@ -99,9 +99,10 @@ TEST(DpoObjective, LossAndRewardsEqualTheOnePieceComputation) {
   const double loss = (-torch::log_sigmoid(0.2 * (chosen - rejected))).mean().item<double>();
   EXPECT_NEAR(r.loss, loss, 1e-5 * std::abs(loss));
   EXPECT_NEAR(r.metrics.at("rewards/chosen").value(), (0.2 * chosen).mean().item<double>(), 1e-5);
-  EXPECT_NEAR(r.metrics.at("rewards/margins").value(), (0.2 * (chosen - rejected)).mean().item<double>(),
-              1e-5);
-  EXPECT_NEAR(r.metrics.at("logps/rejected").value(), policy.narrow(0, 3, 3).mean().item<double>(), 1e-4);
+  EXPECT_NEAR(r.metrics.at("rewards/margins").value(),
+              (0.2 * (chosen - rejected)).mean().item<double>(), 1e-5);
+  EXPECT_NEAR(r.metrics.at("logps/rejected").value(), policy.narrow(0, 3, 3).mean().item<double>(),
+              1e-4);
   EXPECT_EQ(r.num_tokens, batch.num_tokens);
 
   // Precomputed reference values give the same loss.
