@@ -611,7 +611,7 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
   if (params.empty()) throw InputError(recipe.source + ": peft.target_modules match no module");
   if (world > 1 && load.device.is_cuda()) {
     // Each process takes the GPU of its local rank (among those CUDA_VISIBLE_DEVICES shows).
-    const auto devices = static_cast<int>(torch::cuda::device_count());
+    const int devices = static_cast<uint8_t>(torch::cuda::device_count());
     if (group.local_rank() >= devices)
       throw InputError(recipe.source + ": model.device cuda: local rank " +
                        std::to_string(group.local_rank()) + " has no GPU of its own (" +

@@ -167,12 +167,16 @@ def test_bad_data_on_rank_one_stops_every_rank(gemma_train, demo_model, tmp_path
     assert not (out / "adapter_model.safetensors").exists()
 
 
-def test_rank_one_killed_ends_the_job(gemma_train, demo_model, tmp_path):
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+def test_rank_one_killed_or_hung_ends_the_job(gemma_train, demo_model, tmp_path, how):
+    """SIGKILL: mpirun sees rank 1 die and ends rank 0. SIGSTOP (a hung rank): rank 0's collective
+    waits training.ddp_timeout (3 s here) and its watchdog ends it, naming itself."""
     out = tmp_path / "killed-run"
     log = tmp_path / "killed.log"
     with open(log, "w") as err:
         launch = subprocess.Popen([gemma_train, "launch", "--nproc", "2", "--",
-                                   *settings(demo_model, out, "sft", 4, 6, **{"training.max_steps": 500})],
+                                   *settings(demo_model, out, "sft", 4, 6,
+                                             **{"training.max_steps": 500, "training.ddp_timeout": 3})],
                                   stdout=subprocess.DEVNULL, stderr=err)
     try:
         deadline = time.time() + 300
@@ -182,7 +186,7 @@ def test_rank_one_killed_ends_the_job(gemma_train, demo_model, tmp_path):
             time.sleep(0.05)
         victim = rank_pid(str(out), 1)
         assert victim is not None
-        os.kill(victim, signal.SIGKILL)
+        os.kill(victim, getattr(signal, how))
         killed = time.time()
         code = launch.wait(timeout=30)
         elapsed = time.time() - killed
@@ -192,7 +196,10 @@ def test_rank_one_killed_ends_the_job(gemma_train, demo_model, tmp_path):
     assert code != 0
     assert elapsed < 10, elapsed
     text = log.read_text()
-    assert "rank 1" in text, text
+    if how == "SIGKILL":
+        assert "rank 1" in text, text
+    else:
+        assert "[rank 0] " in text and "waited 3 s for the other ranks (training.ddp_timeout)" in text, text
     time.sleep(0.5)
     assert not processes_of(str(out)), "processes left behind"
 

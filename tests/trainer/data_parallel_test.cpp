@@ -44,7 +44,7 @@ TEST(RankRows, FullBatchesAreConsecutiveBlocksAndTheShortLastOneIsSplitEvenly) {
   EXPECT_EQ(rank_rows(last, 1, 2, 4), (std::vector<int64_t>{6, 11}));
   // Disjoint and covering for every world size and batch.
   for (int world = 1; world <= 5; ++world) {
-    for (int64_t n = 0; n <= 3 * world; ++n) {
+    for (int64_t n = 0; n <= int64_t{3} * world; ++n) {
       std::vector<int64_t> batch(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) batch[static_cast<size_t>(i)] = 100 + i;
       std::vector<int64_t> seen;
@@ -114,8 +114,9 @@ LaunchEnvironment from(const std::map<std::string, std::string>& vars) {
 
 TEST(LaunchEnvironment, ReadsEachLaunchersVariables) {
   EXPECT_EQ(from({}).launcher, Launcher::kNone);
-  const LaunchEnvironment ompi = from(
-      {{"OMPI_COMM_WORLD_RANK", "3"}, {"OMPI_COMM_WORLD_SIZE", "4"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}});
+  const LaunchEnvironment ompi = from({{"OMPI_COMM_WORLD_RANK", "3"},
+                                       {"OMPI_COMM_WORLD_SIZE", "4"},
+                                       {"OMPI_COMM_WORLD_LOCAL_RANK", "1"}});
   EXPECT_EQ(ompi.launcher, Launcher::kMpi);
   EXPECT_EQ(ompi.rank, 3);
   EXPECT_EQ(ompi.world_size, 4);
@@ -144,13 +145,15 @@ TEST(LaunchEnvironment, ABadVariableIsAnErrorNamingIt) {
     }
     return std::string("no error");
   };
-  EXPECT_NE(message({{"RANK", "abc"}, {"WORLD_SIZE", "2"}}).find("RANK=\"abc\""), std::string::npos);
+  EXPECT_NE(message({{"RANK", "abc"}, {"WORLD_SIZE", "2"}}).find("RANK=\"abc\""),
+            std::string::npos);
   EXPECT_NE(message({{"RANK", "0"}, {"WORLD_SIZE", "0"}}).find("WORLD_SIZE"), std::string::npos);
   EXPECT_NE(message({{"RANK", "2"}, {"WORLD_SIZE", "2"}}).find("not below"), std::string::npos);
   EXPECT_NE(message({{"RANK", "0"}, {"WORLD_SIZE", "2"}}).find("MASTER_ADDR"), std::string::npos);
-  EXPECT_NE(message({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}})
-                .find("MASTER_PORT"),
-            std::string::npos);
+  EXPECT_NE(
+      message({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}})
+          .find("MASTER_PORT"),
+      std::string::npos);
   EXPECT_NE(message({{"OMPI_COMM_WORLD_RANK", "99999999999"}}).find("OMPI_COMM_WORLD_RANK"),
             std::string::npos);
 }
