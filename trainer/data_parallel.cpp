@@ -1,7 +1,6 @@
 #include "trainer/data_parallel.h"
 
 #include <algorithm>
-#include <cstring>
 
 #include <nlohmann/json.hpp>
 
@@ -64,38 +63,25 @@ void all_reduce_gradients(ProcessGroup& group, const NamedTensors& params, int64
 
 namespace {
 
-// A window's metrics as bytes: per micro-batch, per name, the name, its sum, its count and
-// whether it needs a count (binary doubles: no rounding, and NaN survives).
+// A window's metrics as CBOR: per micro-batch, name -> [sum, count, only_when_counted] (CBOR keeps
+// a double's bits, NaN included).
 std::string encode_metrics(const WindowMetrics& window) {
   nlohmann::json out = nlohmann::json::array();
   for (const MicroBatchMetrics& m : window) {
-    nlohmann::json names = nlohmann::json::array();
-    std::vector<double> values;
-    for (const auto& [name, s] : m) {
-      names.push_back(name);
-      values.push_back(s.sum);
-      values.push_back(s.count);
-      values.push_back(s.only_when_counted ? 1 : 0);
-    }
-    const auto* bytes = reinterpret_cast<const uint8_t*>(values.data());
-    out.push_back({names, nlohmann::json::binary(std::vector<uint8_t>(
-                              bytes, bytes + values.size() * sizeof(double)))});
+    nlohmann::json names = nlohmann::json::object();
+    for (const auto& [name, s] : m) names[name] = {s.sum, s.count, s.only_when_counted};
+    out.push_back(names);
   }
   const std::vector<uint8_t> cbor = nlohmann::json::to_cbor(out);
   return {cbor.begin(), cbor.end()};
 }
 
 WindowMetrics decode_metrics(const std::string& bytes) {
-  const nlohmann::json in = nlohmann::json::from_cbor(bytes);
   WindowMetrics window;
-  for (const nlohmann::json& m : in) {
-    const std::vector<uint8_t>& b = m.at(1).get_binary();
-    std::vector<double> values(b.size() / sizeof(double));
-    std::memcpy(values.data(), b.data(), values.size() * sizeof(double));
+  for (const nlohmann::json& m : nlohmann::json::from_cbor(bytes)) {
     MicroBatchMetrics& out = window.emplace_back();
-    for (size_t i = 0; i < m.at(0).size(); ++i)
-      out[m.at(0)[i].get<std::string>()] = {values[3 * i], values[3 * i + 1],
-                                            values[3 * i + 2] != 0};
+    for (const auto& [name, v] : m.items())
+      out[name] = {v.at(0).get<double>(), v.at(1).get<double>(), v.at(2).get<bool>()};
   }
   return window;
 }
@@ -103,6 +89,7 @@ WindowMetrics decode_metrics(const std::string& bytes) {
 }  // namespace
 
 std::vector<std::map<std::string, double>> merge_rank_metrics(ProcessGroup& group,
+                                                              const TrainingObjective& objective,
                                                               const WindowMetrics& mine) {
   WindowMetrics total = mine;
   if (group.world_size() > 1) {
@@ -123,6 +110,7 @@ std::vector<std::map<std::string, double>> merge_rank_metrics(ProcessGroup& grou
   for (size_t k = 0; k < total.size(); ++k) {
     for (const auto& [name, s] : total[k])
       if (s.count > 0 || !s.only_when_counted) merged[k][name] = s.value();
+    objective.add_derived_metrics(merged[k]);
   }
   return merged;
 }

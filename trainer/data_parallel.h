@@ -29,9 +29,11 @@ void all_reduce_gradients(ProcessGroup& group, const NamedTensors& params,
 
 // Per micro-batch of a window, a rank's metrics as sums and counts; merged over the ranks: each
 // name's sums and counts added, then divided, as TRL divides what it gathered. A name whose
-// count is 0 on every rank is left out (KTO's rewards/chosen of a batch without a chosen row).
+// count is 0 on every rank is left out (KTO's rewards/chosen of a batch without a chosen row);
+// then the objective's derived metrics are added (KTO's rewards/margins).
 using WindowMetrics = std::vector<MicroBatchMetrics>;
 std::vector<std::map<std::string, double>> merge_rank_metrics(ProcessGroup& group,
+                                                              const TrainingObjective& objective,
                                                               const WindowMetrics& mine);
 
 }  // namespace gemma

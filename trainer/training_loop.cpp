@@ -313,8 +313,8 @@ EvalResult evaluate(Gemma4ForCausalLM& model, TrainingObjective& objective, int6
     group.all_reduce_sum(loss);
     weighted += loss.item<double>() * static_cast<double>(global.size());
     rows += static_cast<int64_t>(global.size());
-    std::map<std::string, double> merged = merge_rank_metrics(group, {m.metrics}).front();
-    objective.add_derived_metrics(merged);
+    const std::map<std::string, double> merged =
+        merge_rank_metrics(group, objective, {m.metrics}).front();
     for (const auto& [name, value] : merged) metrics[name].push_back(value);
   }
   model->train();
@@ -954,8 +954,7 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
     step_loss = sums[0].item<double>();
     progress.num_tokens += static_cast<int64_t>(std::llround(sums[1].item<double>()));
     const bool stop_asked = sums[2].item<double>() > 0;
-    for (std::map<std::string, double>& by_name : merge_rank_metrics(group, metrics)) {
-      objective->add_derived_metrics(by_name);
+    for (const auto& by_name : merge_rank_metrics(group, *objective, metrics)) {
       for (const auto& [name, value] : by_name) progress.log_metrics[name].push_back(value);
     }
     const double grad_norm = clip_grad_norm(

@@ -35,6 +35,23 @@ class TwoRankGroup : public ProcessGroup {
   bool started() const override { return true; }
 };
 
+// An objective with no data: only its derived metric matters here (a KTO-like margin).
+class MarginObjective : public TrainingObjective {
+ public:
+  int64_t size(Split /*split*/) const override { return 0; }
+  int64_t loss_units(const std::vector<int64_t>& /*indices*/, Split /*split*/) const override {
+    return 0;
+  }
+  MicroBatchResult run(Gemma4ForCausalLM& /*model*/, const std::vector<int64_t>& /*indices*/,
+                       Split /*split*/, double /*normalizer*/, bool /*backward*/) override {
+    return {};
+  }
+  void add_derived_metrics(std::map<std::string, double>& values) const override {
+    if (values.count("rewards/chosen") != 0 && values.count("rewards/rejected") != 0)
+      values["rewards/margins"] = values["rewards/chosen"] - values["rewards/rejected"];
+  }
+};
+
 TEST(RankRows, FullBatchesAreConsecutiveBlocksAndTheShortLastOneIsSplitEvenly) {
   const std::vector<int64_t> rows = {9, 3, 7, 1, 5, 0, 2, 8};
   EXPECT_EQ(rank_rows(rows, 0, 2, 4), (std::vector<int64_t>{9, 3, 7, 1}));
@@ -65,7 +82,8 @@ TEST(MergeRankMetrics, SumsAndCountsAddAsTrlGathersThem) {
       return {bytes};
     }
   } recorder;
-  (void)merge_rank_metrics(recorder, theirs);
+  const MarginObjective objective;
+  (void)merge_rank_metrics(recorder, objective, theirs);
   TwoRankGroup group;
   group.other_bytes = recorder.sent;
 
@@ -73,17 +91,24 @@ TEST(MergeRankMetrics, SumsAndCountsAddAsTrlGathersThem) {
                                {"rewards/chosen", {1.0, 1}},
                                {"rewards/rejected", {-1.0, 0, true}},
                                {"logps/rejected", {0.0, 0, true}}}};
-  const std::vector<std::map<std::string, double>> merged = merge_rank_metrics(group, mine);
+  const std::vector<std::map<std::string, double>> merged =
+      merge_rank_metrics(group, objective, mine);
   ASSERT_EQ(merged.size(), 1u);
   EXPECT_DOUBLE_EQ(merged[0].at("mean_token_accuracy"), 4.0 / 40.0);  // not (0.1 + 0.1) / 2
   EXPECT_DOUBLE_EQ(merged[0].at("rewards/chosen"), 3.0 / 5.0);
   EXPECT_EQ(merged[0].count("rewards/rejected"), 0u);  // counted on no rank: not logged
   EXPECT_EQ(merged[0].count("logps/rejected"), 0u);
+  EXPECT_EQ(merged[0].count("rewards/margins"), 0u);  // derived only from what was logged
+  const auto both = merge_rank_metrics(
+      group, objective, {{{"rewards/chosen", {1.0, 1}}, {"rewards/rejected", {-3.0, 2, true}}}});
+  EXPECT_DOUBLE_EQ(both[0].at("rewards/margins"), 3.0 / 5.0 - (-3.0 / 2.0));
 }
 
 TEST(MergeRankMetrics, AMetricOfNothingIsZeroUnlessItNeedsACount) {
   const std::unique_ptr<ProcessGroup> single = single_process_group();
-  const auto merged = merge_rank_metrics(*single, {{{"entropy", {0, 0}}, {"kl", {0.5, 1}}}});
+  const MarginObjective objective;
+  const auto merged =
+      merge_rank_metrics(*single, objective, {{{"entropy", {0, 0}}, {"kl", {0.5, 1}}}});
   EXPECT_EQ(merged[0].at("entropy"), 0.0);
   EXPECT_EQ(merged[0].at("kl"), 0.5);
 }
