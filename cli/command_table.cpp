@@ -15,6 +15,7 @@
 #include "cli/export_command.h"
 #include "cli/launch_command.h"
 #include "cli/model_commands.h"
+#include "cli/plan_command.h"
 #include "cli/plot_command.h"
 #include "cli/text_commands.h"
 #include "cli/train_command.h"
@@ -66,9 +67,23 @@ std::vector<CommandSpec> make_table() {
        "",
        {{"recipe", "FILE", "", "the recipe (YAML: model, peft, data, training, export)", true},
         {"set", "KEY=VALUE", "", "override a recipe key, e.g. training.max_steps=10", false, true},
-        {"print-config", "", "",
-         "print the resolved recipe (every key, defaults filled) and exit"}},
+        {"print-config", "", "", "print the resolved recipe (every key, defaults filled) and exit"},
+        {"device-memory", "SIZE", "",
+         "the memory the run must fit in (8GB, 7.5GiB; default: what the device has free)"},
+        {"force", "", "", "run even when the memory plan says the run will not fit"}},
        run_train_command},
+      {"plan",
+       "predict a recipe's peak memory, component by component, from config.json alone (no "
+       "weights), and whether it fits",
+       "",
+       {{"recipe", "FILE", "", "the recipe", true},
+        {"set", "KEY=VALUE", "", "override a recipe key", false, true},
+        {"model", "DIR|NAME", "",
+         "plan for this model instead of the recipe's: a folder with config.json or a released "
+         "variant (e2b, e4b, 31b, 26b-a4b)"},
+        {"device-memory", "SIZE", "", "the memory to fit in (8GB, 7.5GiB); exit status 3 if not"},
+        {"json", "", "", "print the plan as JSON (device_peak_bytes, components, changes)"}},
+       run_plan_command},
       {"launch",
        "run a training on several processes (data parallel) through mpirun: "
        "gemma-train launch --nproc N -- --recipe R",

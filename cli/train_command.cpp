@@ -15,6 +15,20 @@
 
 namespace gemma {
 
+namespace {
+
+// The recipe and its overrides, read and checked in full (trainer/recipe.h), with the flags that
+// are not recipe keys.
+Recipe recipe_of(const CliFlags& flags) {
+  Recipe recipe = load_recipe(flags.required("recipe"), flags.values("set"));
+  if (flags.has("device-memory"))
+    recipe.device_memory = static_cast<int64_t>(flags.bytes("device-memory", 1'000'000));
+  recipe.force = flags.has("force");
+  return recipe;
+}
+
+}  // namespace
+
 int run_train_command(const CliFlags& flags) {
   // One process, or one rank of an MPI launch (mpirun, srun --mpi=pmix, gemma-train launch).
   // transformers' default ddp_timeout until the recipe gives its own.
@@ -28,7 +42,7 @@ int run_train_command(const CliFlags& flags) {
   if (group->world_size() == 1) {
     // The recipe and its overrides are read and checked in full (trainer/recipe.h): a bad key or
     // value is an error here, before anything else happens.
-    const Recipe recipe = load_recipe(flags.required("recipe"), flags.values("set"));
+    const Recipe recipe = recipe_of(flags);
     if (flags.has("print-config")) {
       std::cout << print_recipe(recipe);
       return 0;
@@ -39,7 +53,7 @@ int run_train_command(const CliFlags& flags) {
   // error is shown once, by the lowest rank that has one, and every rank exits 2. After that an
   // error on one rank ends them all (there is no point where the others would hear of it).
   try {
-    const Recipe recipe = load_recipe(flags.required("recipe"), flags.values("set"));
+    const Recipe recipe = recipe_of(flags);
     if (flags.has("print-config")) {
       agree_ranks_ready(*group, "");
       if (group->is_main()) std::cout << print_recipe(recipe);

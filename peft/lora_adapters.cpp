@@ -7,10 +7,8 @@
 
 namespace gemma {
 
-namespace {
-
-bool is_target(const std::string& path, const AdapterSpec& spec,
-               const std::optional<TargetRegex>& pattern) {
+bool is_adapter_target(const std::string& path, const AdapterSpec& spec,
+                       const TargetRegex* pattern) {
   if (pattern) return pattern->full_match(path);
   for (const std::string& t : spec.target_modules) {
     if (path == t || (path.size() > t.size() &&
@@ -20,8 +18,6 @@ bool is_target(const std::string& path, const AdapterSpec& spec,
   }
   return false;
 }
-
-}  // namespace
 
 std::vector<std::pair<std::string, LinearImpl*>> projections(Gemma4ForCausalLM& model) {
   std::vector<std::pair<std::string, LinearImpl*>> out;
@@ -45,7 +41,8 @@ std::vector<std::string> attach_adapters(Gemma4ForCausalLM& model, const Adapter
   // Collect first: attaching registers new submodules, which would change the walk.
   std::vector<std::pair<std::string, LinearImpl*>> targets;
   for (const auto& [path, linear] : projections(model)) {
-    if (linear->adapter() == nullptr && is_target(path, spec, pattern))
+    if (linear->adapter() == nullptr &&
+        is_adapter_target(path, spec, pattern ? &*pattern : nullptr))
       targets.emplace_back(path, linear);
   }
   if (targets.empty()) throw InputError("no module matches the adapter's target_modules");

@@ -17,6 +17,13 @@
 
 namespace gemma {
 
+class TargetRegex;
+
+// PEFT's target test for a module path: the whole path matches `pattern` when given, else the
+// path equals a target_modules entry or ends in "." + entry.
+bool is_adapter_target(const std::string& path, const AdapterSpec& spec,
+                       const TargetRegex* pattern);
+
 // The projections of `model` (every Linear, with its module path), in model order; never an
 // adapter's own matrices.
 std::vector<std::pair<std::string, LinearImpl*>> projections(Gemma4ForCausalLM& model);

@@ -19,8 +19,11 @@ torch::ScalarType head_dtype(const torch::Tensor& hidden) {
 torch::Tensor capped_logits(const torch::Tensor& h, const torch::Tensor& w,
                             std::optional<double> softcap) {
   torch::Tensor logits = torch::nn::functional::linear(h, w).to(head_dtype(h));
-  if (softcap) logits = torch::tanh(logits / *softcap) * *softcap;
-  return logits;
+  if (!softcap) return logits;
+  // Without a graph to record (the chunked head's forward and backward) in place: one [chunk, V]
+  // float32 buffer instead of three.
+  if (!torch::GradMode::is_enabled()) return logits.div_(*softcap).tanh_().mul_(*softcap);
+  return torch::tanh(logits / *softcap) * *softcap;
 }
 
 // Autograd functions carry the optional softcap as a double, 0 meaning none.
@@ -66,8 +69,8 @@ struct ChunkedHead {
         details->is_top1.narrow(0, start, len).copy_((logits.argmax(1) == y) & counted);
       }
       if (stats != nullptr) {
-        const torch::Tensor p = (logits - log_z.unsqueeze(1)).exp();
-        const torch::Tensor entropy = log_z - (p * logits).sum(1);
+        const torch::Tensor p_logits = (logits - log_z.unsqueeze(1)).exp_().mul_(logits);
+        const torch::Tensor entropy = log_z - p_logits.sum(1);
         stats->count += counted.sum().item<int64_t>();
         stats->correct += ((logits.argmax(1) == y) & counted).sum().item<int64_t>();
         stats->entropy_sum += (entropy * counted).sum().item<double>();
@@ -97,8 +100,9 @@ struct ChunkedHead {
       grad.scatter_add_(1, y.clamp_min(0).unsqueeze(1), torch::ones({len, 1}, grad.options()));
       const torch::Tensor w = weights.narrow(0, start, len).to(grad.scalar_type()) *
                               (y != kIgnoreIndex).to(grad.scalar_type());
-      grad = grad * w.unsqueeze(1);
-      if (softcap) grad = grad * (1 - (capped / *softcap).pow(2));  // through cap · tanh(x / cap)
+      grad.mul_(w.unsqueeze(1));
+      // through cap · tanh(x / cap): 1 - (capped / cap)², in capped's own buffer
+      if (softcap) grad.mul_(capped.div_(*softcap).pow_(2).neg_().add_(1));
       if (want_grad_h)
         grad_h.narrow(0, start, len).copy_(torch::matmul(grad.to(lm_head.scalar_type()), lm_head));
       if (want_grad_w) grad_w += torch::matmul(grad.t(), h.to(grad.scalar_type()));

@@ -195,6 +195,11 @@ struct Recipe {
   // "--set peft.r=16". Keys absent here hold their defaults.
   std::map<std::string, std::string> set_at;
   bool is_set(const std::string& key) const { return set_at.count(key) > 0; }
+
+  // The train command's flags, not YAML keys: the memory the plan must fit (unset: what the
+  // device has free), and --force, which runs a recipe the plan says will not fit.
+  std::optional<int64_t> device_memory;
+  bool force = false;
 };
 
 // Reads `file` (at most 1 MiB of YAML), then applies `overrides` in order ("training.max_steps=10",

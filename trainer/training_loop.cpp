@@ -21,6 +21,10 @@
 
 #include <nlohmann/json.hpp>
 
+#ifdef GEMMA_WITH_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include "data/preference_dataset.h"
 #include "data/sft_dataset.h"
 #include "data/tokenizer.h"
@@ -40,6 +44,8 @@
 #include "trainer/data_parallel.h"
 #include "trainer/dpo_objective.h"
 #include "trainer/kto_objective.h"
+#include "trainer/memory_meter.h"
+#include "trainer/memory_plan.h"
 #include "trainer/metrics_plot.h"
 #include "trainer/progress_bar.h"
 #include "trainer/reference_logps_cache.h"
@@ -111,6 +117,8 @@ torch::ScalarType torch_dtype(RecipeDtype d, const fs::path& model_dir) {
   return torch::kFloat32;
 }
 
+}  // namespace
+
 AdapterSpec adapter_spec(const Recipe& recipe) {
   const PeftSection& p = recipe.peft;
   AdapterSpec spec;
@@ -134,6 +142,8 @@ AdapterSpec adapter_spec(const Recipe& recipe) {
   spec.seed = static_cast<uint64_t>(recipe.training.seed);
   return spec;
 }
+
+namespace {
 
 // PEFT's "all-linear": every Linear but the output layer, by its module name; for Gemma 4's E
 // models that includes the per-layer-input projections (per_layer_input_gate,
@@ -203,14 +213,32 @@ std::vector<int64_t> epoch_order(int64_t n, int64_t seed, int64_t epoch) {
   return order;
 }
 
-// Peak resident memory of the process (VmHWM), or the CUDA allocator's peak on a GPU.
-int64_t peak_memory_bytes() {
+// Peak resident memory of the process (VmHWM).
+int64_t peak_rss_bytes() {
   std::ifstream status("/proc/self/status");
   std::string line;
   while (std::getline(status, line)) {
     if (line.rfind("VmHWM:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
   }
   return 0;
+}
+
+// What the device has free for the run: on CUDA what the driver reports free, on CPU the kernel's
+// MemAvailable; unset when neither can be read (the plan then has no budget to check).
+std::optional<int64_t> free_device_memory(const torch::Device& device) {
+  if (device.is_cuda()) {
+#ifdef GEMMA_WITH_CUDA
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) == cudaSuccess) return static_cast<int64_t>(free);
+#endif
+    return std::nullopt;
+  }
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    if (line.rfind("MemAvailable:", 0) == 0) return std::stoll(line.substr(13)) * 1024;
+  }
+  return std::nullopt;
 }
 
 bool is_empty_dir(const fs::path& dir) {
@@ -593,6 +621,31 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
   if (load.device.is_cuda() && !torch::cuda::is_available())
     throw InputError(recipe.source + ": model.device cuda, but no CUDA device is available");
   load.nf4_base = recipe.model.load_in_4bit ? Nf4Base::kAlways : Nf4Base::kAsStored;
+
+  // ---- the memory plan: printed, and a run it says cannot fit refused before the model loads.
+  const fs::path config_path = model_dir / "config.json";
+  const std::string config_text = read_text_file(config_path);
+  const Gemma4Config planned_config = parse_gemma4_config(config_text, config_path.string());
+  const int64_t chunk_tokens = loss_chunk_tokens(planned_config.vocab_size);
+  const MemoryPlan plan =
+      plan_memory(planned_config, load.dtype, recipe,
+                  recipe.device_memory ? recipe.device_memory : free_device_memory(load.device),
+                  stored_dtype(config_text));
+  note << "[train] memory plan:\n" << memory_plan_table(plan);
+  if (!plan.fits()) {
+    std::string message = recipe.source + ": the memory plan predicts a peak of " +
+                          format_bytes(plan.device_peak_bytes) + " on " + plan.device +
+                          ", over the " + format_bytes(*plan.device_memory) + " it has";
+    if (!plan.changes.empty()) {
+      message += "; changes that lower it:";
+      for (const MemoryPlanChange& c : plan.changes)
+        message += " " + c.change + " (" + format_bytes(c.device_peak_bytes) + ");";
+      message.pop_back();
+    }
+    if (!recipe.force) throw InputError(message + " (or run it anyway with --force)");
+    note << "[train] warning: " << message << "; running anyway (--force)\n";
+  }
+  MemoryMeter meter(load.device);
   LoadedGemma4 loaded = load_gemma4(model_dir, load);
   Gemma4ForCausalLM model = loaded.model;
   const std::string prefix = loaded.report.prefix;
@@ -607,6 +660,7 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
   }
   model->model->set_gradient_checkpointing(t.gradient_checkpointing);
   model->train();
+  const int64_t load_peak = meter.restart_peak();
   const NamedTensors params = trainable_parameters(model);
   if (params.empty()) throw InputError(recipe.source + ": peft.target_modules match no module");
   if (world > 1 && load.device.is_cuda()) {
@@ -634,9 +688,10 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
   KtoObjective* kto_objective = nullptr;
   if (t.method == TrainingMethod::kSft) {
     objective = std::make_unique<SftObjective>(std::move(sft.train), std::move(sft.eval), pad_id,
-                                               padding_free);
+                                               padding_free, chunk_tokens);
   } else if (t.method == TrainingMethod::kDpo) {
     DpoObjectiveOptions o;
+    o.chunk_tokens = chunk_tokens;
     o.loss = dpo_loss_options;
     o.use_weighting = t.use_weighting;
     o.ld_alpha = t.ld_alpha;
@@ -649,6 +704,7 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
     objective = std::move(d);
   } else {
     KtoObjectiveOptions o;
+    o.chunk_tokens = chunk_tokens;
     o.loss.beta = t.beta;
     o.loss.desirable_weight = t.desirable_weight;
     o.loss.undesirable_weight = t.undesirable_weight;
@@ -985,7 +1041,10 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
                     {"num_tokens", progress.num_tokens},
                     {"epoch", epoch_now()},
                     {"tokens_per_second", tokens_per_second},
-                    {"peak_memory_bytes", peak_memory_bytes()}};
+                    {"peak_memory_bytes", meter.peak_bytes()},
+                    {"predicted_peak_memory_bytes", plan.device_peak_bytes},
+                    {"load_peak_memory_bytes", load_peak},
+                    {"peak_rss_bytes", peak_rss_bytes()}};
       if (world > 1) {
         const CollectiveStats& c = group.stats();
         entry["all_reduce_seconds"] = c.all_reduce_seconds;

@@ -6,6 +6,7 @@
 // exact resume, SIGINT/SIGTERM, the final adapter, loss.svg and the recipe's export.
 #pragma once
 
+#include "peft/adapter_spec.h"
 #include "trainer/process_group.h"
 #include "trainer/recipe.h"
 
@@ -20,5 +21,9 @@ namespace gemma {
 // a rank whose preparation failed must call it with its error (cli/train_command.cpp does).
 int run_training(const Recipe& recipe, ProcessGroup& group);
 int run_training(const Recipe& recipe);
+
+// The recipe's peft section as an AdapterSpec; "all-linear" leaves target_modules to be filled
+// from the loaded model's Linear names.
+AdapterSpec adapter_spec(const Recipe& recipe);
 
 }  // namespace gemma

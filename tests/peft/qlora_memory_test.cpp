@@ -8,7 +8,7 @@
 
 #include "model/gemma4_hf_checkpoint.h"
 #include "peft/lora_adapters.h"
-#include "tests/model/counting_allocator.h"
+#include "trainer/memory_meter.h"
 #include "tests/model/test_models.h"
 #include "trainer/chunked_cross_entropy.h"
 
@@ -16,7 +16,6 @@ namespace gemma {
 namespace {
 
 using testing::bundled_config;
-using testing::CountingCpuAllocator;
 using testing::random_ids;
 using testing::ScratchDir;
 using testing::write_random_checkpoint;

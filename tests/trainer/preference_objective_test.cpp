@@ -4,7 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "peft/lora_adapters.h"
-#include "tests/model/counting_allocator.h"
+#include "trainer/memory_meter.h"
 #include "tests/model/test_models.h"
 #include "trainer/chunked_cross_entropy.h"
 #include "trainer/dpo_objective.h"
@@ -183,7 +183,7 @@ TEST(ReferenceModel, FrozenAdapterIsTheStartingAdapterAndTheTrainedOneComesBack)
 // The reference forward (adapters off) allocates what the policy's forward without gradients
 // does, and no more: the base is held once, never copied for the reference.
 TEST(ReferenceModel, ReferencePassAllocatesNoSecondCopyOfTheWeights) {
-  testing::CountingCpuAllocator& counter = testing::CountingCpuAllocator::install();
+  CountingCpuAllocator& counter = CountingCpuAllocator::install();
   Gemma4ForCausalLM model = adapted_model(14);
   model->eval();
   int64_t weight_bytes = 0;

@@ -1,8 +1,12 @@
-#include "tests/model/counting_allocator.h"
+#include "trainer/memory_meter.h"
 
 #include <c10/core/CPUAllocator.h>
 
-namespace gemma::testing {
+#ifdef GEMMA_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
+
+namespace gemma {
 
 // What the counting DataPtr owns: the inner allocation and the size it was counted with.
 struct CountingCpuAllocator::Block {
@@ -42,4 +46,42 @@ void CountingCpuAllocator::copy_data(void* dest, const void* src, std::size_t co
   default_copy_data(dest, src, count);
 }
 
-}  // namespace gemma::testing
+MemoryMeter::MemoryMeter(const torch::Device& device) : device_(device) {
+  if (device.is_cuda()) {
+#ifdef GEMMA_WITH_CUDA
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device.has_index() ? device.index() : 0);
+#endif
+    return;
+  }
+  CountingCpuAllocator& counter = CountingCpuAllocator::install();
+  cpu_start_ = counter.live_bytes();
+  counter.reset_peak();
+}
+
+int64_t MemoryMeter::peak_bytes() const {
+  if (device_.is_cuda()) {
+#ifdef GEMMA_WITH_CUDA
+    const auto stats =
+        c10::cuda::CUDACachingAllocator::getDeviceStats(device_.has_index() ? device_.index() : 0);
+    return stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)]
+        .peak;
+#else
+    return 0;
+#endif
+  }
+  return CountingCpuAllocator::install().peak_bytes() - cpu_start_;
+}
+
+int64_t MemoryMeter::restart_peak() {
+  const int64_t peak = peak_bytes();
+  if (device_.is_cuda()) {
+#ifdef GEMMA_WITH_CUDA
+    c10::cuda::CUDACachingAllocator::resetPeakStats(device_.has_index() ? device_.index() : 0);
+#endif
+  } else {
+    CountingCpuAllocator::install().reset_peak();
+  }
+  return peak;
+}
+
+}  // namespace gemma
