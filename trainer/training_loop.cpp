@@ -102,16 +102,7 @@ torch::ScalarType torch_dtype(RecipeDtype d, const fs::path& model_dir) {
   if (d == RecipeDtype::kBfloat16) return torch::kBFloat16;
   // auto: the checkpoint's own dtype, as from_pretrained(dtype="auto") reads it from config.json.
   try {
-    const json config = parse_bounded_json(read_text_file(model_dir / "config.json"),
-                                           (model_dir / "config.json").string());
-    for (const json* c :
-         {&config, config.contains("text_config") ? &config["text_config"] : nullptr}) {
-      if (c == nullptr) continue;
-      for (const char* key : {"dtype", "torch_dtype"}) {
-        if (c->contains(key) && (*c)[key].is_string())
-          return (*c)[key] == "bfloat16" ? torch::kBFloat16 : torch::kFloat32;
-      }
-    }
+    return stored_dtype(read_text_file(model_dir / "config.json")).value_or(torch::kFloat32);
   } catch (const json::exception&) {
   }
   return torch::kFloat32;
