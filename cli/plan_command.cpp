@@ -17,8 +17,7 @@ namespace fs = std::filesystem;
 
 // The released variants' bundled configs, and the names a model folder or hub id spells them
 // with ("google/gemma-4-E4B-it" -> e4b).
-const std::vector<std::pair<std::string, std::string>> kReleased = {
-    {"26b-a4b", "26b-a4b"}, {"e2b", "e2b"}, {"e4b", "e4b"}, {"31b", "31b"}};
+const char* const kReleased[] = {"26b-a4b", "e2b", "e4b", "31b"};
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
@@ -32,10 +31,10 @@ std::pair<std::string, std::string> config_for(const std::string& model) {
   if (fs::is_regular_file(file)) return {read_text_file(file), file.string()};
   if (const auto json = bundled_config_json(model)) return {*json, "bundled " + lower(model)};
   const std::string name = lower(fs::path(model).filename().string());
-  for (const auto& [needle, bundled] : kReleased) {
-    if (name.find(needle) != std::string::npos)
-      return {*bundled_config_json(bundled),
-              "bundled " + bundled + " (no config.json at " + model + ")"};
+  for (const std::string variant : kReleased) {
+    if (name.find(variant) != std::string::npos)
+      return {*bundled_config_json(variant),
+              "bundled " + variant + " (no config.json at " + model + ")"};
   }
   throw InputError("plan: " + model +
                    " has no config.json and names no released variant (e2b, e4b, 31b, 26b-a4b) "

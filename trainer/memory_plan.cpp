@@ -125,7 +125,6 @@ LayerActivations layer_activations(const Gemma4Config& c, int64_t layer, const S
   m += grouped ? 2 * N * q * a : 2 * N * kv * a;  // K and V (repeated) for matmuls
   m += scores * 4 + (a == 4 ? 0 : scores * a);    // softmax out; its cast
   m += lora_inputs({"self_attn.o_proj"}, q);      // heads merged
-  if (!targeted("self_attn.o_proj")) m += 0;
   out.attention_saved = m;
   m += norm(H);  // post_attention_layernorm
   m += norm(H);  // pre_feedforward_layernorm
@@ -150,11 +149,6 @@ LayerActivations layer_activations(const Gemma4Config& c, int64_t layer, const S
   // (softmax's and the mask's), and the gradients of q, K, V and the merged heads.
   out.transient = scores * (4 + 4) + 4 * N * q * a;
   return out;
-}
-
-std::string lower(std::string s) {
-  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char ch) { return std::tolower(ch); });
-  return s;
 }
 
 }  // namespace
