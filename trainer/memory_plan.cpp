@@ -35,7 +35,8 @@ int64_t nf4_bytes(int64_t numel) {
   const int64_t blocks = (numel + kNf4BlockSize - 1) / kNf4BlockSize;
   const int64_t nested = (blocks + kNestedBlockSize - 1) / kNestedBlockSize;
   // packed 4-bit codes, one uint8 absmax code per block, float32 nested absmax, the two maps
-  return (numel + 1) / 2 + blocks + nested * 4 + 16 * 4 + 256 * 4;
+  constexpr int64_t kMapBytes = int64_t{16 + 256} * 4;
+  return (numel + 1) / 2 + blocks + nested * 4 + kMapBytes;
 }
 
 // Every Linear the model builds for `c` (kv-shared layers have no k/v projections).

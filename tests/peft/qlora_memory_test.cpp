@@ -8,9 +8,9 @@
 
 #include "model/gemma4_hf_checkpoint.h"
 #include "peft/lora_adapters.h"
-#include "trainer/memory_meter.h"
 #include "tests/model/test_models.h"
 #include "trainer/chunked_cross_entropy.h"
+#include "trainer/memory_meter.h"
 
 namespace gemma {
 namespace {

@@ -4,11 +4,11 @@
 #include <gtest/gtest.h>
 
 #include "peft/lora_adapters.h"
-#include "trainer/memory_meter.h"
 #include "tests/model/test_models.h"
 #include "trainer/chunked_cross_entropy.h"
 #include "trainer/dpo_objective.h"
 #include "trainer/kto_objective.h"
+#include "trainer/memory_meter.h"
 #include "trainer/preference_batch.h"
 #include "trainer/reference_model.h"
 
