@@ -6,7 +6,9 @@
 #include <cstring>
 #include <thread>
 
+#include "kernels/host_allocator.h"
 #include "kernels/nf4.h"
+#include "kernels/nf4_fused_matmul.h"
 #include "kernels/nf4_matmul.h"
 
 namespace gemma {
@@ -54,6 +56,20 @@ void BM_DequantizeCpu(benchmark::State& state) {
   state.SetLabel(nf4_cpu_isa());
 }
 
+// Into one reused output tensor: the kernel alone, as memcpy is measured (a fresh 64 MB tensor
+// costs its page faults on top, a third of the time above on this machine).
+void BM_DequantizeCpuInto(benchmark::State& state) {
+  const auto dtype = static_cast<torch::ScalarType>(state.range(0));
+  const Nf4Weight& w = weight(dtype);
+  const torch::Tensor out = torch::empty({kRows, kCols}, dtype);
+  for (auto _ : state) {
+    dequantize_nf4_cpu_into(w, out);
+    benchmark::DoNotOptimize(out.data_ptr());
+  }
+  report_output_bytes(state, kRows * kCols * c10::elementSize(dtype));
+  state.SetLabel(nf4_cpu_isa());
+}
+
 void BM_QuantizeCpu(benchmark::State& state) {
   torch::manual_seed(0);
   const torch::Tensor w = torch::randn({kRows, kCols}).to(torch::kBFloat16);
@@ -92,6 +108,45 @@ void BM_MatmulDequantizeThenMatmul(benchmark::State& state) {
   }
 }
 
+// A few rows (decoding) against the 4096x4096 weight stored from bf16: the fused product, the
+// dequantize-then-matmul it replaces, and a dense matmul of the same shape in the same dtype.
+// Args: compute dtype, rows.
+torch::Tensor few_rows(benchmark::State& state) {
+  torch::manual_seed(2);
+  return torch::randn({state.range(1), kCols}).to(static_cast<torch::ScalarType>(state.range(0)));
+}
+
+void BM_RowsFused(benchmark::State& state) {
+  const torch::Tensor x = few_rows(state);
+  const Nf4Weight& w = weight(torch::kBFloat16);
+  for (auto _ : state) benchmark::DoNotOptimize(nf4_fused_matmul(x, w));
+}
+
+void BM_RowsDequantizeThenMatmul(benchmark::State& state) {
+  const torch::Tensor x = few_rows(state);
+  const Nf4Weight& w = weight(torch::kBFloat16);
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(
+        torch::nn::functional::linear(x, dequantize_nf4_as(w, x.scalar_type())));
+  }
+}
+
+void BM_RowsDense(benchmark::State& state) {
+  const torch::Tensor x = few_rows(state);
+  const torch::Tensor w = dequantize_nf4_as(weight(torch::kBFloat16), x.scalar_type());
+  for (auto _ : state) benchmark::DoNotOptimize(torch::nn::functional::linear(x, w));
+}
+
+#define ROWS_BENCHMARK(fn)                                                                    \
+  BENCHMARK(fn)                                                                               \
+      ->ArgsProduct({{static_cast<int>(torch::kFloat32), static_cast<int>(torch::kBFloat16)}, \
+                     {1, 4, 8, 16, 32, 128}})                                                 \
+      ->UseRealTime()                                                                         \
+      ->Unit(benchmark::kMicrosecond)
+ROWS_BENCHMARK(BM_RowsFused);
+ROWS_BENCHMARK(BM_RowsDequantizeThenMatmul);
+ROWS_BENCHMARK(BM_RowsDense);
+
 BENCHMARK(BM_Memcpy)
     ->Arg(static_cast<int>(torch::kFloat32))
     ->Arg(static_cast<int>(torch::kBFloat16))
@@ -101,6 +156,10 @@ BENCHMARK(BM_DequantizeReference)
     ->Arg(static_cast<int>(torch::kBFloat16))
     ->UseRealTime();
 BENCHMARK(BM_DequantizeCpu)
+    ->Arg(static_cast<int>(torch::kFloat32))
+    ->Arg(static_cast<int>(torch::kBFloat16))
+    ->UseRealTime();
+BENCHMARK(BM_DequantizeCpuInto)
     ->Arg(static_cast<int>(torch::kFloat32))
     ->Arg(static_cast<int>(torch::kBFloat16))
     ->UseRealTime();
@@ -119,6 +178,7 @@ MATMUL_BENCHMARK(BM_MatmulDequantizeThenMatmul);
 }  // namespace gemma
 
 int main(int argc, char** argv) {
+  gemma::keep_large_host_allocations();  // as gemma-train runs
   at::set_num_threads(
       static_cast<int>(std::thread::hardware_concurrency()));  // platform.md, trap 2
   benchmark::Initialize(&argc, argv);

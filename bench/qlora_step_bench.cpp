@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <thread>
 
+#include "kernels/host_allocator.h"
 #include "model/gemma4_hf_checkpoint.h"
 #include "peft/lora_adapters.h"
 #include "trainer/chunked_cross_entropy.h"
@@ -82,6 +83,7 @@ BENCHMARK(BM_TrainingStep)
 }  // namespace gemma
 
 int main(int argc, char** argv) {
+  gemma::keep_large_host_allocations();  // as gemma-train runs
   at::set_num_threads(
       static_cast<int>(std::thread::hardware_concurrency()));  // platform.md, trap 2
   benchmark::Initialize(&argc, argv);

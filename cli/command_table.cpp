@@ -397,7 +397,7 @@ int run_cli(std::vector<std::string> args) {
       return 2;
     }
     remove_temporaries_on_signals();
-    start_noting_inputs();
+    const NotingInputs noting;
     const int rc = run_command(*command, std::vector<std::string>(args.begin() + 1, args.end()));
     // A full disk or a closed pipe on stdout is a failed command, not a success.
     std::cout.flush();

@@ -34,6 +34,24 @@ inline void start_noting_inputs() {
   inputs.enabled = true;
 }
 
+// Stops noting and forgets what was noted: the command is over (a later command in the same
+// process, as the tests run them, must not see inode numbers the file system has since reused).
+inline void stop_noting_inputs() {
+  auto& inputs = file_identity_detail::noted_inputs();
+  const std::lock_guard<std::mutex> lock(inputs.mutex);
+  inputs.enabled = false;
+  inputs.files.clear();
+}
+
+// Notes the inputs of one command for as long as it lives.
+class NotingInputs {
+ public:
+  NotingInputs() { start_noting_inputs(); }
+  ~NotingInputs() { stop_noting_inputs(); }
+  NotingInputs(const NotingInputs&) = delete;
+  NotingInputs& operator=(const NotingInputs&) = delete;
+};
+
 // Records `path` (followed through symlinks) as an input of this command. A path that cannot be
 // stat'ed is ignored here: opening it reports the error.
 inline void note_input_file(const std::filesystem::path& path) {

@@ -57,6 +57,10 @@ torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w);
 // The values dequantization in `w.dtype` gives, stored as `out_dtype` (a bf16 weight widened to
 // f32 block by block, in one pass).
 torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w, torch::ScalarType out_dtype);
+// The same into an existing contiguous tensor of w.numel() elements: float32 (the values in w.dtype
+// rounding, for an f32 or bf16 weight) or bf16 (a bf16 weight). No allocation: a workspace can
+// be reused.
+void dequantize_nf4_cpu_into(const Nf4Weight& w, const torch::Tensor& out);
 // Which CPU instruction set the fast path uses here: "avx512", "avx2" or "scalar".
 const char* nf4_cpu_isa();
 bool nf4_cuda_available();  // CUDA kernels built in and a GPU present

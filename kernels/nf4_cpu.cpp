@@ -10,30 +10,16 @@
 #include <cstring>
 
 #include "kernels/nf4.h"
+#include "kernels/nf4_cpu_simd.h"
 
 namespace gemma {
 
 namespace {
 
-enum class Isa { kScalar, kAvx2, kAvx512 };
-
-Isa detect_isa() {
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return Isa::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::kAvx2;
-  return Isa::kScalar;
-}
-
-const Isa kIsa = detect_isa();
-
-// Round to nearest even, as torch converts float32 to bfloat16 (NaN stays NaN).
-uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
+using nf4_simd::AbsmaxSource;
+using nf4_simd::float_to_bf16;
+using nf4_simd::Isa;
+using nf4_simd::kIsa;
 
 // ---- quantization: one block of up to 64 float32 values -> codes -------------------------------
 
@@ -168,44 +154,57 @@ __attribute__((target("avx512f,avx512bw"))) void dequant_avx512(const uint8_t* p
   dequant_scalar(packed, first + i, n - i, absmax, lut, out + i);
 }
 
-template <typename Out>
-__attribute__((target("avx2,fma"))) void dequant_avx2(const uint8_t* packed, int64_t first,
-                                                      int64_t n, float absmax, const float* lut,
-                                                      Out* out) {
-  const __m256 table_lo = _mm256_loadu_ps(lut), table_hi = _mm256_loadu_ps(lut + 8);
-  const __m256 scale = _mm256_set1_ps(absmax);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m128i b =
-        _mm_cvtsi32_si128(*reinterpret_cast<const int32_t*>(packed + ((first + i) >> 1)));
-    const __m128i low = _mm_and_si128(b, _mm_set1_epi8(0x0F));
-    const __m128i high = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(0x0F));
-    const __m256i idx = _mm256_cvtepu8_epi32(_mm_unpacklo_epi8(high, low));
-    const __m256 from_lo = _mm256_permutevar8x32_ps(table_lo, idx);
-    const __m256 from_hi = _mm256_permutevar8x32_ps(table_hi, idx);
-    const __m256 upper = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
-    const __m256 v = _mm256_mul_ps(_mm256_blendv_ps(from_lo, from_hi, upper), scale);
-    if constexpr (std::is_same_v<Out, float>) {
-      _mm256_storeu_ps(out + i, v);
-    } else {
-      alignas(32) float tmp[8];
-      _mm256_store_ps(tmp, v);
-      for (int k = 0; k < 8; ++k) out[i + k] = float_to_bf16(tmp[k]);
+// The table path (AVX2 and scalar): each element is values[code], where `values` holds the 16
+// products table · absmax already rounded as the output rounds them (block_values), so an element
+// costs a lookup and a store. bf16 output takes the upper half of the bf16-rounded float32.
+template <bool kBf16Out>
+__attribute__((target("avx2,fma"))) void dequant_full_block_avx2(const uint8_t* bytes,
+                                                                 const float* values, void* out) {
+  const __m256 lo = _mm256_loadu_ps(values), hi = _mm256_loadu_ps(values + 8);
+  if constexpr (!kBf16Out) {
+    auto* dst = static_cast<float*>(out);
+    for (int g = 0; g < 8; ++g)
+      _mm256_storeu_ps(dst + 8 * g, nf4_simd::lookup8(bytes + 4 * g, lo, hi));
+  } else {
+    auto* dst = static_cast<uint16_t*>(out);
+    for (int g = 0; g < 8; g += 2) {
+      const __m256i a =
+          _mm256_srli_epi32(_mm256_castps_si256(nf4_simd::lookup8(bytes + 4 * g, lo, hi)), 16);
+      const __m256i b =
+          _mm256_srli_epi32(_mm256_castps_si256(nf4_simd::lookup8(bytes + 4 * g + 4, lo, hi)), 16);
+      // packus interleaves the two per 128-bit lane; the 64-bit permute restores element order
+      const __m256i both = _mm256_permute4x64_epi64(_mm256_packus_epi32(a, b), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8 * g), both);
     }
   }
-  dequant_scalar(packed, first + i, n - i, absmax, lut, out + i);
 }
 
-template <typename Out>
-void dequant_block(const uint8_t* packed, int64_t first, int64_t n, float absmax, const float* lut,
-                   Out* out) {
-  switch (kIsa) {
-    case Isa::kAvx512:
-      return dequant_avx512(packed, first, n, absmax, lut, out);
-    case Isa::kAvx2:
-      return dequant_avx2(packed, first, n, absmax, lut, out);
-    default:
-      return dequant_scalar(packed, first, n, absmax, lut, out);
+template <bool kBf16Out>
+void dequant_table_scalar(const uint8_t* packed, int64_t first, int64_t n, const float* values,
+                          void* out) {
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t e = first + i;
+    const uint8_t byte = packed[e >> 1];
+    const float v = values[(e & 1) ? (byte & 0xF) : (byte >> 4)];
+    if constexpr (kBf16Out) {
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      static_cast<uint16_t*>(out)[i] = static_cast<uint16_t>(bits >> 16);
+    } else {
+      static_cast<float*>(out)[i] = v;
+    }
+  }
+}
+
+// One block of `n` elements starting at element `first` (a multiple of 64), through the table
+// path: AVX2 for a full block, scalar otherwise.
+template <bool kBf16Out>
+void dequant_block_table(const uint8_t* packed, int64_t first, int64_t n, const float* values,
+                         void* out) {
+  if (kIsa != Isa::kScalar && n == kNf4BlockSize) {
+    dequant_full_block_avx2<kBf16Out>(packed + (first >> 1), values, out);
+  } else {
+    dequant_table_scalar<kBf16Out>(packed, first, n, values, out);
   }
 }
 
@@ -273,40 +272,61 @@ Nf4Weight quantize_nf4_cpu(const torch::Tensor& weight) {
 torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w) { return dequantize_nf4_cpu(w, w.dtype); }
 
 torch::Tensor dequantize_nf4_cpu(const Nf4Weight& w, torch::ScalarType out_dtype) {
-  TORCH_CHECK(w.packed.device().is_cpu(), "dequantize_nf4_cpu: CPU tensors");
-  const torch::Tensor absmax = dequantize_nf4_absmax(w).contiguous();
-  const int64_t n = w.numel(), bs = w.blocksize, blocks = absmax.numel();
   const bool bf16 = w.dtype == torch::kBFloat16;
-  // bf16 values widened to f32 block by block: what bitsandbytes computes in f32 from a bf16
-  // weight, without a bf16 copy of the whole weight.
   const bool widen = bf16 && out_dtype == torch::kFloat32;
+  torch::Tensor out = torch::empty(w.shape, bf16 && !widen ? torch::kBFloat16 : torch::kFloat32);
+  dequantize_nf4_cpu_into(w, out);
+  if (!widen && out.scalar_type() != w.dtype) out = out.to(w.dtype);  // e.g. f16
+  return out.scalar_type() == out_dtype ? out : out.to(out_dtype);
+}
+
+void dequantize_nf4_cpu_into(const Nf4Weight& w, const torch::Tensor& out) {
+  TORCH_CHECK(w.packed.device().is_cpu(), "dequantize_nf4_cpu: CPU tensors");
+  const bool bf16 = w.dtype == torch::kBFloat16;
+  const bool bf16_out = out.scalar_type() == torch::kBFloat16;
+  TORCH_CHECK(out.device().is_cpu() && out.is_contiguous() && out.numel() == w.numel() &&
+                  (out.scalar_type() == torch::kFloat32 || (bf16 && bf16_out)),
+              "dequantize_nf4_cpu_into: a contiguous CPU float32 tensor (or bf16 for a bf16 "
+              "weight) of the weight's size");
+  // bf16 values widened to f32 (what bitsandbytes computes in f32 from a bf16 weight) come
+  // straight out of the bf16-rounded table, without a bf16 copy of the whole weight.
+  const bool widen = bf16 && !bf16_out;
+  const torch::Tensor codes = w.absmax_codes.contiguous();
+  const torch::Tensor map = w.nested_quant_map.to(torch::kFloat32).contiguous();
+  const torch::Tensor nested = w.nested_absmax.to(torch::kFloat32).contiguous();
+  const AbsmaxSource absmax{codes.data_ptr<uint8_t>(), map.data_ptr<float>(),
+                            nested.data_ptr<float>(), w.offset};
+  const int64_t n = w.numel(), bs = w.blocksize, blocks = codes.numel();
+  TORCH_CHECK(bs == kNf4BlockSize && blocks == (n + bs - 1) / bs,
+              "dequantize_nf4_cpu: blocks of 64 and one absmax code per block");
   const torch::Tensor lut_t = w.quant_map.to(torch::kFloat32).contiguous();
   const float* lut = lut_t.data_ptr<float>();
-  torch::Tensor out = torch::empty({n}, bf16 && !widen ? torch::kBFloat16 : torch::kFloat32);
   const uint8_t* packed = w.packed.data_ptr<uint8_t>();
-  const float* amax = absmax.data_ptr<float>();
+  auto* out_bytes = static_cast<char*>(out.data_ptr());
+  const int64_t out_size = bf16_out ? 2 : 4;
   at::parallel_for(0, blocks, kBlocksPerTask, [&](int64_t begin, int64_t end) {
-    uint16_t rounded[kNf4BlockSize];
+    alignas(32) float values[16];
     for (int64_t b = begin; b < end; ++b) {
       const int64_t first = b * bs, len = std::min(bs, n - first);
-      if (widen) {
-        dequant_block(packed, first, len, amax[b], lut, rounded);
-        float* dst = out.data_ptr<float>() + first;
-        for (int64_t i = 0; i < len; ++i) {
-          const uint32_t bits = static_cast<uint32_t>(rounded[i]) << 16;
-          std::memcpy(dst + i, &bits, sizeof(float));
+      const float a = absmax(b);
+      void* dst = out_bytes + first * out_size;
+      if (kIsa == Isa::kAvx512 && !widen) {
+        // the AVX-512 path multiplies and rounds in registers
+        if (bf16) {
+          dequant_avx512(packed, first, len, a, lut, static_cast<uint16_t*>(dst));
+        } else {
+          dequant_avx512(packed, first, len, a, lut, static_cast<float*>(dst));
         }
-      } else if (bf16) {
-        dequant_block(packed, first, len, amax[b], lut,
-                      reinterpret_cast<uint16_t*>(out.data_ptr()) + first);
+        continue;
+      }
+      nf4_simd::block_values(lut, a, bf16, values);
+      if (bf16_out) {
+        dequant_block_table<true>(packed, first, len, values, dst);
       } else {
-        dequant_block(packed, first, len, amax[b], lut, out.data_ptr<float>() + first);
+        dequant_block_table<false>(packed, first, len, values, dst);
       }
     }
   });
-  torch::Tensor values = out.view(w.shape);
-  if (!widen && values.scalar_type() != w.dtype) values = values.to(w.dtype);  // e.g. f16
-  return values.scalar_type() == out_dtype ? values : values.to(out_dtype);
 }
 
 }  // namespace gemma

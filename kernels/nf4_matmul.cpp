@@ -1,5 +1,7 @@
 #include "kernels/nf4_matmul.h"
 
+#include "kernels/nf4_fused_matmul.h"
+
 namespace gemma {
 
 namespace {
@@ -39,6 +41,8 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w) {
               "] against a weight of ", w.shape.size(), " dims");
   if (!x.requires_grad() || !torch::GradMode::is_enabled()) {
     torch::NoGradGuard no_grad;
+    // a few rows (decoding): the weight dequantized in registers, never as a dense tensor
+    if (nf4_fused_matmul_applies(x, w)) return nf4_fused_matmul(x, w);
     return torch::nn::functional::linear(x, dequantize_nf4_as(w, x.scalar_type()));
   }
   return Nf4LinearFunction::apply(x, &w);

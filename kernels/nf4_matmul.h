@@ -14,7 +14,9 @@ namespace gemma {
 torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype);
 
 // x [..., in] -> [..., out], differentiable in x; the same kernel as a dense Linear, so an NF4 base
-// computes bit for bit what its dequantized weights compute as dense tensors. `w` must outlive the
+// computes bit for bit what its dequantized weights compute as dense tensors. Without gradients
+// and with at most kNf4FusedMaxRows rows (decoding) it takes nf4_fused_matmul instead: the same
+// products to float32 rounding, without writing the dense weight. `w` must outlive the
 // autograd graph (it is held by reference: the frozen weights belong to the model).
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w);
 

@@ -108,9 +108,11 @@ TEST(LoraLinear, Nf4BaseKeepsItsBytesThroughToDeviceAndDtype) {
   }
   for (const auto& [name, p] : trainable_parameters(model))
     EXPECT_EQ(p.scalar_type(), torch::kBFloat16) << name;
+  // bf16 through a random tiny MoE: about 0.07-0.12 of relative difference, depending on the
+  // prompt (the dense and the fused NF4 product alike), where a broken cast would give ~1
   const torch::Tensor bf16_logits = logits_of(model, ids).to(torch::kFloat32);
   EXPECT_LT((bf16_logits - f32_logits).norm().item<double>() / f32_logits.norm().item<double>(),
-            0.1);
+            0.2);
 }
 
 }  // namespace

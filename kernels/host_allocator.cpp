@@ -1,0 +1,13 @@
+#include "kernels/host_allocator.h"
+
+#include <malloc.h>
+
+namespace gemma {
+
+void keep_large_host_allocations() {
+  mallopt(M_MMAP_MAX, 0);              // no block gets its own mapping
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);  // keep up to 1 GiB free at the heap's top
+  mallopt(M_TOP_PAD, 64 << 20);        // and grow it 64 MB at a time
+}
+
+}  // namespace gemma
