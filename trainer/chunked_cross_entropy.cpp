@@ -1,6 +1,7 @@
 #include "trainer/chunked_cross_entropy.h"
 
 #include <algorithm>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -79,6 +80,52 @@ struct ChunkedHead {
     return out;
   }
 
+  // d Σ_t w[t] · logprob[t] / d logits (before the softcap) for one chunk, made in `probs` (the
+  // softmax of the capped logits) from onehot(label) - softmax scaled by each token's weight and,
+  // through cap · tanh(x / cap), by 1 - (capped / cap)² (in `capped`'s own buffer).
+  void logit_gradient(torch::Tensor& probs, torch::Tensor& capped, const torch::Tensor& y,
+                      const torch::Tensor& w) const {
+    probs.neg_();
+    probs.scatter_add_(1, y.clamp_min(0).unsqueeze(1),
+                       torch::ones({y.size(0), 1}, probs.options()));
+    probs.mul_(w.unsqueeze(1));
+    if (softcap) probs.mul_(capped.div_(*softcap).pow_(2).neg_().add_(1));
+  }
+
+  // For a loss whose upstream gradient is one number (the causal-LM loss), the forward and the
+  // backward in one pass over the chunks (fused linear cross-entropy): the [N] log-probabilities
+  // as token_logprobs gives them, `stats` when given, and d Σ_counted logprob / d hidden [N, H]
+  // from the same logits, so the backward only scales it and never recomputes a logit. The
+  // head's weight gets no gradient here (a frozen, tied lm_head).
+  std::pair<torch::Tensor, torch::Tensor> token_logprobs_and_hidden_grad(TokenStats* stats) const {
+    torch::NoGradGuard no_grad;
+    const int64_t n = hidden.size(0);
+    torch::Tensor out = torch::zeros({n}, hidden.options().dtype(head_dtype(hidden)));
+    torch::Tensor grad_h = torch::empty_like(hidden);
+    for (int64_t start = 0; start < n; start += chunk) {
+      const int64_t len = std::min(chunk, n - start);
+      torch::Tensor logits = capped_logits(hidden.narrow(0, start, len), lm_head, softcap);
+      const torch::Tensor y = labels.narrow(0, start, len);
+      const torch::Tensor target = logits.gather(1, y.clamp_min(0).unsqueeze(1)).squeeze(1);
+      const torch::Tensor log_z = logits.logsumexp(1);
+      const torch::Tensor counted = (y != kIgnoreIndex).to(logits.scalar_type());
+      out.narrow(0, start, len).copy_((target - log_z) * counted);
+      torch::Tensor probs = (logits - log_z.unsqueeze(1)).exp_();
+      if (stats != nullptr) {
+        // Σ_v p·logit as a batched dot product: no third [chunk, V] buffer
+        const torch::Tensor p_dot_logits = torch::bmm(probs.unsqueeze(1), logits.unsqueeze(2));
+        const torch::Tensor entropy = log_z - p_dot_logits.view({len});
+        const torch::Tensor is_counted = y != kIgnoreIndex;
+        stats->count += is_counted.sum().item<int64_t>();
+        stats->correct += ((logits.argmax(1) == y) & is_counted).sum().item<int64_t>();
+        stats->entropy_sum += (entropy * counted).sum().item<double>();
+      }
+      logit_gradient(probs, logits, y, counted);
+      grad_h.narrow(0, start, len).copy_(torch::matmul(probs.to(lm_head.scalar_type()), lm_head));
+    }
+    return {out, grad_h};
+  }
+
   // Gradients of Σ_t weights[t] · logprob[t] w.r.t. hidden and lm_head (each undefined unless
   // wanted); ignored tokens contribute nothing whatever their weight.
   std::pair<torch::Tensor, torch::Tensor> backward(const torch::Tensor& weights, bool want_grad_h,
@@ -94,15 +141,11 @@ struct ChunkedHead {
       const int64_t len = std::min(chunk, n - start);
       const torch::Tensor h = hidden.narrow(0, start, len);
       const torch::Tensor y = labels.narrow(0, start, len);
-      const torch::Tensor capped = capped_logits(h, lm_head, softcap);
-      // d logprob / d capped = onehot(label) - softmax, scaled by each token's weight
-      torch::Tensor grad = capped.softmax(1).neg_();
-      grad.scatter_add_(1, y.clamp_min(0).unsqueeze(1), torch::ones({len, 1}, grad.options()));
+      torch::Tensor capped = capped_logits(h, lm_head, softcap);
+      torch::Tensor grad = capped.softmax(1);
       const torch::Tensor w = weights.narrow(0, start, len).to(grad.scalar_type()) *
                               (y != kIgnoreIndex).to(grad.scalar_type());
-      grad.mul_(w.unsqueeze(1));
-      // through cap · tanh(x / cap): 1 - (capped / cap)², in capped's own buffer
-      if (softcap) grad.mul_(capped.div_(*softcap).pow_(2).neg_().add_(1));
+      logit_gradient(grad, capped, y, w);
       if (want_grad_h)
         grad_h.narrow(0, start, len).copy_(torch::matmul(grad.to(lm_head.scalar_type()), lm_head));
       if (want_grad_w) grad_w += torch::matmul(grad.t(), h.to(grad.scalar_type()));
@@ -117,30 +160,53 @@ ChunkedHead saved_head(AutogradContext* ctx, const variable_list& saved) {
           ctx->saved_data["chunk"].toInt()};
 }
 
+// Σ over counted tokens of -logprob, for ChunkedLoss and ChunkedLossSum. With a gradient wanted
+// for hidden only (a frozen lm_head: LoRA and QLoRA), the gradient is computed here from the
+// forward's own logits and saved instead of hidden; otherwise the backward recomputes the chunks.
+torch::Tensor forward_sum(AutogradContext* ctx, const torch::Tensor& hidden,
+                          const torch::Tensor& lm_head, const torch::Tensor& labels, double softcap,
+                          int64_t chunk, TokenStats* stats, bool grad_enabled) {
+  const ChunkedHead head{hidden, lm_head, labels, softcap_of(softcap), chunk};
+  const bool fused = grad_enabled && hidden.requires_grad() && !lm_head.requires_grad();
+  ctx->saved_data["fused"] = fused;
+  ctx->saved_data["softcap"] = softcap;
+  ctx->saved_data["chunk"] = chunk;
+  if (fused) {
+    auto [logprobs, grad_h] = head.token_logprobs_and_hidden_grad(stats);
+    ctx->save_for_backward({grad_h});
+    return logprobs.sum().neg();
+  }
+  ctx->save_for_backward({hidden, lm_head, labels});
+  return head.token_logprobs(stats).sum().neg();
+}
+
+// The gradients of `scale` · Σ -logprob, padded with undefined ones to `outputs` entries.
+variable_list backward_sum(AutogradContext* ctx, const torch::Tensor& scale, size_t outputs) {
+  const auto saved = ctx->get_saved_variables();
+  variable_list grads(outputs);
+  if (ctx->saved_data["fused"].toBool()) {
+    grads[0] = saved[0] * -scale;
+    return grads;
+  }
+  const torch::Tensor weights = (-scale).expand({saved[0].size(0)});
+  std::tie(grads[0], grads[1]) =
+      saved_head(ctx, saved).backward(weights, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
+  return grads;
+}
+
 // Mean over counted tokens of -logprob: hidden [N, H], labels [N].
 class ChunkedLoss : public torch::autograd::Function<ChunkedLoss> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
                                const torch::Tensor& lm_head, const torch::Tensor& labels,
-                               double softcap, int64_t chunk) {
+                               double softcap, int64_t chunk, bool grad_enabled) {
     const double count = std::max<int64_t>((labels != kIgnoreIndex).sum().item<int64_t>(), 1);
-    const ChunkedHead head{hidden, lm_head, labels, softcap_of(softcap), chunk};
-    const torch::Tensor total = head.token_logprobs().sum().neg();
-    ctx->save_for_backward({hidden, lm_head, labels});
-    ctx->saved_data["softcap"] = softcap;
-    ctx->saved_data["chunk"] = chunk;
     ctx->saved_data["count"] = count;
-    return total / count;
+    return forward_sum(ctx, hidden, lm_head, labels, softcap, chunk, nullptr, grad_enabled) / count;
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto saved = ctx->get_saved_variables();
-    const double count = ctx->saved_data["count"].toDouble();
-    const torch::Tensor weights = (-grad_out[0] / count).expand({saved[0].size(0)});
-    auto [grad_h, grad_w] =
-        saved_head(ctx, saved)
-            .backward(weights, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
-    return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return backward_sum(ctx, grad_out[0] / ctx->saved_data["count"].toDouble(), 6);
   }
 };
 
@@ -149,22 +215,13 @@ class ChunkedLossSum : public torch::autograd::Function<ChunkedLossSum> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& hidden,
                                const torch::Tensor& lm_head, const torch::Tensor& labels,
-                               double softcap, int64_t chunk, TokenStats* stats) {
-    const ChunkedHead head{hidden, lm_head, labels, softcap_of(softcap), chunk};
-    torch::Tensor total = head.token_logprobs(stats).sum().neg();
-    ctx->save_for_backward({hidden, lm_head, labels});
-    ctx->saved_data["softcap"] = softcap;
-    ctx->saved_data["chunk"] = chunk;
-    return total;
+                               double softcap, int64_t chunk, TokenStats* stats,
+                               bool grad_enabled) {
+    return forward_sum(ctx, hidden, lm_head, labels, softcap, chunk, stats, grad_enabled);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_out) {
-    const auto saved = ctx->get_saved_variables();
-    const torch::Tensor weights = (-grad_out[0]).expand({saved[0].size(0)});
-    auto [grad_h, grad_w] =
-        saved_head(ctx, saved)
-            .backward(weights, ctx->needs_input_grad(0), ctx->needs_input_grad(1));
-    return {grad_h, grad_w, torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
+    return backward_sum(ctx, grad_out[0], 7);
   }
 };
 
@@ -245,7 +302,7 @@ torch::Tensor chunked_causal_lm_loss(const torch::Tensor& hidden, const torch::T
               "chunked_causal_lm_loss: hidden [N, H] and labels [N]");
   TORCH_CHECK(chunk_tokens > 0, "chunked_causal_lm_loss: chunk_tokens must be positive");
   return ChunkedLoss::apply(hidden, lm_head, labels.to(torch::kInt64), softcap.value_or(0.0),
-                            chunk_tokens);
+                            chunk_tokens, torch::GradMode::is_enabled());
 }
 
 torch::Tensor chunked_causal_lm_loss_sum(const torch::Tensor& hidden, const torch::Tensor& lm_head,
@@ -255,7 +312,7 @@ torch::Tensor chunked_causal_lm_loss_sum(const torch::Tensor& hidden, const torc
               "chunked_causal_lm_loss_sum: hidden [N, H] and labels [N]");
   TORCH_CHECK(chunk_tokens > 0, "chunked_causal_lm_loss_sum: chunk_tokens must be positive");
   return ChunkedLossSum::apply(hidden, lm_head, labels.to(torch::kInt64), softcap.value_or(0.0),
-                               chunk_tokens, stats);
+                               chunk_tokens, stats, torch::GradMode::is_enabled());
 }
 
 torch::Tensor causal_lm_loss_reference(const torch::Tensor& hidden, const torch::Tensor& lm_head,

@@ -1,7 +1,8 @@
 // The causal-LM loss, and the per-sequence log-probabilities DPO and KTO need, over Gemma's
 // 262144-token vocabulary without ever holding the [tokens, vocab] float32 logits (about 1 MB a
 // token, §5.2): lm_head, final softcap and log-softmax run chunk by chunk of tokens, and the
-// backward pass recomputes each chunk's logits instead of saving them.
+// backward pass recomputes each chunk's logits instead of saving them, unless the loss can take its
+// gradient in the forward (a frozen lm_head: fused linear cross-entropy, one lm_head product less).
 #pragma once
 
 #include <optional>

@@ -33,6 +33,68 @@ TEST(ChunkedCrossEntropy, EqualsUnchunkedLossAndGradients) {
   }
 }
 
+// With a frozen head (LoRA, QLoRA) the gradient is taken in the forward from the same logits
+// (fused linear cross-entropy): the hidden gradient under a non-unit upstream gradient, the loss
+// and the token statistics equal the one-piece loss and the recomputing path (f64, f32, bf16).
+TEST(ChunkedCrossEntropy, FrozenHeadTakesItsGradientInTheForward) {
+  for (const auto dtype : {torch::kFloat64, torch::kFloat32, torch::kBFloat16}) {
+    for (const std::optional<double> cap : {std::optional<double>(30.0), std::optional<double>()}) {
+      for (int64_t chunk : {1, 7, 1000}) {
+        SCOPED_TRACE(std::string(c10::toString(dtype)) + " chunk " + std::to_string(chunk));
+        torch::manual_seed(chunk + 10);
+        const torch::Tensor h0 = (torch::randn({37, 24}, torch::kFloat64) * 3).to(dtype);
+        const torch::Tensor w = torch::randn({501, 24}, torch::kFloat64).to(dtype);  // frozen
+        torch::Tensor labels = torch::randint(0, 501, {37}, torch::kInt64);
+        labels.narrow(0, 5, 4).fill_(kIgnoreIndex);
+        torch::Tensor h1 = h0.clone().requires_grad_(), h2 = h0.clone().requires_grad_();
+        torch::Tensor h3 = h0.clone().requires_grad_();
+        TokenStats fused_stats, plain_stats;
+        const torch::Tensor a = chunked_causal_lm_loss_sum(h1, w, labels, cap, chunk, &fused_stats);
+        const torch::Tensor b =
+            causal_lm_loss_reference(h2.to(torch::kFloat64), w.to(torch::kFloat64), labels, cap) *
+            33.0;
+        // the recomputing path: the head asks for a gradient too
+        const torch::Tensor w3 = w.clone().requires_grad_();
+        const torch::Tensor c =
+            chunked_causal_lm_loss_sum(h3, w3, labels, cap, chunk, &plain_stats);
+        const double tol = dtype == torch::kFloat64   ? 1e-10
+                           : dtype == torch::kFloat32 ? 1e-4
+                                                      : 5e-2;
+        EXPECT_NEAR(a.item<double>(), b.item<double>(), tol * b.item<double>());
+        EXPECT_NEAR(a.item<double>(), c.item<double>(), tol * b.item<double>());
+        EXPECT_EQ(fused_stats.count, 33);
+        EXPECT_EQ(fused_stats.count, plain_stats.count);
+        EXPECT_EQ(fused_stats.correct, plain_stats.correct);
+        EXPECT_NEAR(fused_stats.entropy_sum, plain_stats.entropy_sum,
+                    1e-4 * std::abs(plain_stats.entropy_sum) + 1e-9);
+        (a * 0.37).backward();
+        (b * 0.37).backward();
+        (c * 0.37).backward();
+        EXPECT_EQ(h1.grad().scalar_type(), dtype);
+        const torch::Tensor ref = h2.grad().to(torch::kFloat64);
+        const double err = (h1.grad().to(torch::kFloat64) - ref).abs().max().item<double>() /
+                           ref.abs().max().item<double>();
+        EXPECT_LT(err, tol);
+        const double err_plain = (h1.grad().to(torch::kFloat64) - h3.grad().to(torch::kFloat64))
+                                     .abs()
+                                     .max()
+                                     .item<double>() /
+                                 ref.abs().max().item<double>();
+        EXPECT_LT(err_plain, tol);
+        // the mean loss takes the same path
+        torch::Tensor h4 = h0.clone().requires_grad_();
+        chunked_causal_lm_loss(h4, w, labels, cap, chunk).backward();
+        EXPECT_LT((h4.grad().to(torch::kFloat64) * 33.0 * 0.37 - h1.grad().to(torch::kFloat64))
+                          .abs()
+                          .max()
+                          .item<double>() /
+                      ref.abs().max().item<double>(),
+                  tol);
+      }
+    }
+  }
+}
+
 TEST(ChunkedCrossEntropy, Float32AndAllIgnored) {
   torch::manual_seed(1);
   const torch::Tensor h = torch::randn({10, 8}, torch::kFloat32).requires_grad_();
