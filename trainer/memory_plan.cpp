@@ -325,9 +325,10 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   component(
       "activations kept for backward", activations,
       activation_detail + " (" + std::to_string(s.rows) + " x " + std::to_string(s.T) + " tokens)");
-  // Backward's peak is the larger of two moments. The loss: the final norm's input and the hidden
-  // states it keeps, and one logits chunk: the float32 logits and softmax gradient with its cast
-  // for the matmul. A layer's backward: the gradient flowing down the residual stream, the
+  // Backward's peak is the larger of two moments. The loss: the final norm's input, the hidden
+  // states and their gradient, and one logits chunk: the float32 logits and softmax gradient with
+  // its cast for the matmul (the same whether the gradient is taken in the forward, as the SFT
+  // loss does with a frozen head, or the chunk is recomputed in backward, as DPO's and KTO's). A layer's backward: the gradient flowing down the residual stream, the
   // layer's own saved tensors when checkpointing recomputes them, and its largest temporaries
   // (the attention probabilities' gradients, or one dequantized NF4 weight).
   const int64_t chunk = std::min(loss_chunk_tokens(c.vocab_size), N);
@@ -339,7 +340,7 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   if (loss_phase >= layer_phase) {
     component("backward peak: loss and logits chunk", loss_phase,
               std::to_string(chunk) +
-                  "-token chunks of float32 logits, recomputed in backward (a "
+                  "-token chunks of float32 logits and their gradient (a "
                   "layer's backward needs less: " +
                   format_bytes(layer_phase) + ")");
   } else {
