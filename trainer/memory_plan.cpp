@@ -328,9 +328,10 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   // Backward's peak is the larger of two moments. The loss: the final norm's input, the hidden
   // states and their gradient, and one logits chunk: the float32 logits and softmax gradient with
   // its cast for the matmul (the same whether the gradient is taken in the forward, as the SFT
-  // loss does with a frozen head, or the chunk is recomputed in backward, as DPO's and KTO's). A layer's backward: the gradient flowing down the residual stream, the
-  // layer's own saved tensors when checkpointing recomputes them, and its largest temporaries
-  // (the attention probabilities' gradients, or one dequantized NF4 weight).
+  // loss does with a frozen head, or the chunk is recomputed in backward, as DPO's and KTO's). A
+  // layer's backward: the gradient flowing down the residual stream, the layer's own saved tensors
+  // when checkpointing recomputes them, and its largest temporaries (the attention probabilities'
+  // gradients, or one dequantized NF4 weight).
   const int64_t chunk = std::min(loss_chunk_tokens(c.vocab_size), N);
   const int64_t logits = chunk * c.vocab_size * 4;
   const int64_t loss_phase =

@@ -94,7 +94,7 @@ TEST(AtomicOutput, RefusesAnInputOfTheCommand) {
   const fs::path prompts = dir.path() / "prompts.jsonl", alias = dir.path() / "alias.jsonl";
   spit(prompts, "{\"prompt\": \"hi\"}\n");
   fs::create_hard_link(prompts, alias);  // the same file under another name
-  const NotingInputs noting;            // as run_cli does for a command
+  const NotingInputs noting;             // as run_cli does for a command
   (void)read_text_file(prompts);
   for (const fs::path& out : {prompts, alias}) {
     const std::string why = error_of([&] { write_file_atomically(out, "replaced"); });
