@@ -28,6 +28,26 @@ torch::Tensor eager_attention(const torch::Tensor& q, const torch::Tensor& k,
   return torch::matmul(probs, repeat_kv(v, groups));
 }
 
+torch::Tensor fused_attention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& mask, double scaling) {
+  torch::Tensor out = at::scaled_dot_product_attention(q, k, v, mask, /*dropout_p=*/0.0,
+                                                       /*is_causal=*/false, scaling,
+                                                       /*enable_gqa=*/q.size(1) != k.size(1));
+  // A query that sees no key (left padding) gets 0 from the fused kernel; eager attention, whose
+  // scores are all the same large negative value there, gives the mean of V over every key.
+  // Give it that too, so that both compute the same outputs and gradients everywhere.
+  const torch::Tensor sees_a_key = mask.any(-1, /*keepdim=*/true);  // [B, 1, T, 1]
+  if (sees_a_key.is_cpu() && sees_a_key.all().item<bool>()) return out;
+  const int64_t groups = q.size(1) / k.size(1);
+  const torch::Tensor mean_v = repeat_kv(v.mean(2, /*keepdim=*/true), groups);  // [B, nH, 1, d]
+  return torch::where(sees_a_key, out, mean_v.to(out.scalar_type()));
+}
+
+bool fused_attention_applies(const torch::Tensor& q) {
+  return q.scalar_type() == torch::kFloat32 || q.scalar_type() == torch::kBFloat16 ||
+         q.scalar_type() == torch::kFloat16;
+}
+
 Gemma4AttentionImpl::Gemma4AttentionImpl(const Gemma4AttentionOptions& options)
     : options_(options) {
   const Gemma4LayerSpec& s = options.spec;
@@ -70,7 +90,10 @@ torch::Tensor Gemma4AttentionImpl::forward(const torch::Tensor& h, const LayerTy
   }
 
   // 4-6. scores with scaling 1.0 (the QK norms take its place), mask, fp32 softmax.
-  const torch::Tensor out = eager_attention(q, key, value, inputs.mask, /*scaling=*/1.0);
+  const torch::Tensor out =
+      options_.implementation == AttentionImplementation::kSdpa && fused_attention_applies(q)
+          ? fused_attention(q, key, value, inputs.mask, /*scaling=*/1.0)
+          : eager_attention(q, key, value, inputs.mask, /*scaling=*/1.0);
   // 7. heads back to [B, T, nH·d], then o_proj.
   return o_proj(out.transpose(1, 2).reshape({B, T, -1}));
 }

@@ -31,6 +31,7 @@ struct Gemma4AttentionOptions {
   int64_t num_heads = 0;
   Gemma4LayerSpec spec;
   double rms_norm_eps = 1e-6;
+  AttentionImplementation implementation = AttentionImplementation::kSdpa;
 };
 
 class Gemma4AttentionImpl : public torch::nn::Module {
@@ -56,5 +57,14 @@ TORCH_MODULE(Gemma4Attention);
 // [B, kH, Tk, d], mask [B, 1, T, Tk] bool -> [B, nH, T, d].
 torch::Tensor eager_attention(const torch::Tensor& q, const torch::Tensor& k,
                               const torch::Tensor& v, const torch::Tensor& mask, double scaling);
+
+// The same through LibTorch's scaled_dot_product_attention (a fused kernel: the scores are never
+// materialised, the softmax is accumulated in float32 from unrounded scores, so in bf16 it is
+// closer to the float64 result than eager is). A query row that sees no key gets the mean of V,
+// as in eager. Taken for float32/bf16/fp16 when the model's implementation is kSdpa; float64
+// (the reference tests' dtype) stays eager.
+torch::Tensor fused_attention(const torch::Tensor& q, const torch::Tensor& k,
+                              const torch::Tensor& v, const torch::Tensor& mask, double scaling);
+bool fused_attention_applies(const torch::Tensor& q);
 
 }  // namespace gemma

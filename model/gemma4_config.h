@@ -87,6 +87,9 @@ struct Gemma4LayerSpec {
   int64_t intermediate_size = 0;
 };
 
+// transformers' attn_implementation: "sdpa" (its default, and ours) or "eager".
+enum class AttentionImplementation { kSdpa, kEager };
+
 struct Gemma4Config {
   int64_t vocab_size = 262144;
   int64_t hidden_size = 0;
@@ -123,6 +126,9 @@ struct Gemma4Config {
   // Per-layer overrides of head_dim / num_key_value_heads (the `per_layer_config` form).
   std::vector<std::optional<int64_t>> head_dim_override;
   std::vector<std::optional<int64_t>> kv_heads_override;
+
+  // How attention is computed; chosen when the model is built, never read from config.json.
+  AttentionImplementation attn_implementation = AttentionImplementation::kSdpa;
 
   std::vector<Gemma4LayerSpec> layers;  // derived by finalize()
 

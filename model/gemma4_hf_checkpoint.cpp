@@ -269,7 +269,7 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
   for (const std::string& key : reader.keys()) {
     (used.count(key) ? report.used : report.ignored).push_back(key);
   }
-  out.model->place_on(options.device);
+  out.model->place_on(options.device, options.ple_on_host);
   return out;
 }
 

@@ -80,6 +80,9 @@ struct Gemma4LoadOptions {
   Nf4Base nf4_base = Nf4Base::kNever;
   bool nf4_experts = true;  // with kAlways: the MoE experts as well
   bool nf4_router = false;  // with kAlways: the router's projection as well
+  // Keep the PLE table (several GB, a row read per token) in host memory on a CUDA device; only
+  // the rows of each batch cross (pinned, asynchronous). false: the table goes to the device.
+  bool ple_on_host = true;
 };
 
 // The bytes held in NF4 by a model loaded with nf4_base (0 for a dense model).

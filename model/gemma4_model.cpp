@@ -14,10 +14,17 @@ EmbeddingTableImpl::EmbeddingTableImpl(int64_t rows, int64_t width) {
 
 torch::Tensor EmbeddingTableImpl::lookup(const torch::Tensor& ids, const torch::Device& device) {
   const torch::Tensor flat = ids.reshape({-1}).to(weight.device());
-  torch::Tensor rows = weight.index_select(0, flat);
   std::vector<int64_t> shape = ids.sizes().vec();
   shape.push_back(weight.size(1));
-  return rows.view(shape).to(device);
+  if (weight.is_cpu() && device.is_cuda()) {
+    // Pinned rows, so that the copy is a DMA that overlaps the work already queued on the
+    // device; LibTorch's pinned allocator keeps the buffer until that copy has run.
+    torch::Tensor rows = torch::empty({flat.size(0), weight.size(1)},
+                                      weight.options().pinned_memory(true));
+    torch::index_select_out(rows, weight, 0, flat);
+    return rows.view(shape).to(device, /*non_blocking=*/true);
+  }
+  return weight.index_select(0, flat).view(shape).to(device);
 }
 
 Gemma4TextModelImpl::Gemma4TextModelImpl(const Gemma4Config& config) : config_(config) {
@@ -45,9 +52,10 @@ Gemma4TextModelImpl::Gemma4TextModelImpl(const Gemma4Config& config) : config_(c
   }
 }
 
-void Gemma4TextModelImpl::place_on(const torch::Device& device) {
+void Gemma4TextModelImpl::place_on(const torch::Device& device, bool ple_on_host) {
   for (auto& child : named_children()) {
-    if (child.key() != "embed_tokens_per_layer") child.value()->to(device);
+    if (ple_on_host && child.key() == "embed_tokens_per_layer") continue;
+    child.value()->to(device);
   }
 }
 
@@ -153,8 +161,8 @@ torch::Tensor Gemma4ForCausalLMImpl::forward(const Gemma4Input& input, KvCache* 
   return logits(model->forward(input, cache));
 }
 
-void Gemma4ForCausalLMImpl::place_on(const torch::Device& device) {
-  model->place_on(device);
+void Gemma4ForCausalLMImpl::place_on(const torch::Device& device, bool ple_on_host) {
+  model->place_on(device, ple_on_host);
   if (lm_head) lm_head->to(device);
 }
 

@@ -1,8 +1,8 @@
 // Gemma4TextModel and Gemma4ForCausalLM: the Gemma 4 text decoder (gemma4-architecture.md §2).
 // Registered names are the Hugging Face checkpoint's (`embed_tokens`, `layers.3.self_attn.q_proj`,
 // ...), so named_parameters() + named_buffers() is the state dict up to the checkpoint's prefix.
-// The PLE table (`embed_tokens_per_layer`) always stays in host memory: only the rows a batch
-// looks up travel to the compute device.
+// The PLE table (`embed_tokens_per_layer`) stays in host memory unless placed on the device
+// (place_on's ple_on_host): only the rows a batch looks up travel to the compute device.
 #pragma once
 
 #include <torch/torch.h>
@@ -19,7 +19,8 @@ namespace gemma {
 class EmbeddingTableImpl : public torch::nn::Module {
  public:
   EmbeddingTableImpl(int64_t rows, int64_t width);
-  // ids [B, T] (any device) -> rows [B, T, width] on `device`.
+  // ids [B, T] (any device) -> rows [B, T, width] on `device`. A table in host memory serving a
+  // CUDA device gathers the rows into pinned memory and copies only them, asynchronously.
   torch::Tensor lookup(const torch::Tensor& ids, const torch::Device& device);
   torch::Tensor weight;
 };
@@ -39,8 +40,9 @@ class Gemma4TextModelImpl : public torch::nn::Module {
   // Final-normed hidden states [B, T, H]. With `cache`, attends over its past and appends.
   torch::Tensor forward(const Gemma4Input& input, KvCache* cache = nullptr);
 
-  // Moves everything but the PLE table to `device`.
-  void place_on(const torch::Device& device);
+  // Moves everything to `device`, the PLE table too unless `ple_on_host` (then it stays where it
+  // was loaded: host memory, often the file's read-only mapping; only looked-up rows cross).
+  void place_on(const torch::Device& device, bool ple_on_host = true);
 
   // Recompute each decoder layer in backward instead of keeping its activations (training
   // without a cache only; a forward with a cache or without gradients runs plainly).
@@ -51,7 +53,7 @@ class Gemma4TextModelImpl : public torch::nn::Module {
   EmbeddingTable embed_tokens{nullptr};
   torch::nn::ModuleList layers{nullptr};
   RmsNorm norm{nullptr};
-  EmbeddingTable embed_tokens_per_layer{nullptr};  // PLE models; host memory
+  EmbeddingTable embed_tokens_per_layer{nullptr};  // PLE models; host memory by default
   Linear per_layer_model_projection{nullptr};
   RmsNorm per_layer_projection_norm{nullptr};
 
@@ -76,7 +78,7 @@ class Gemma4ForCausalLMImpl : public torch::nn::Module {
   torch::Tensor logits(const torch::Tensor& hidden);
   const torch::Tensor& lm_head_weight() const;
 
-  void place_on(const torch::Device& device);
+  void place_on(const torch::Device& device, bool ple_on_host = true);
   torch::Device device() const;
   torch::ScalarType dtype() const;
   const Gemma4Config& config() const { return model->config(); }
