@@ -43,6 +43,10 @@ FlagSpec load_in_4bit_flag() {
 }
 FlagSpec compute_dtype_flag() { return {"dtype", "f32|bf16", "f32", "compute dtype"}; }
 FlagSpec device_flag() { return {"device", "cpu|cuda", "cpu", "where the model runs"}; }
+FlagSpec attn_implementation_flag() {
+  return {"attn-implementation", "sdpa|eager", "sdpa",
+          "attention: LibTorch's fused kernel, or the eager reference (transformers' names)"};
+}
 FlagSpec shard_size_flag() {
   return {"shard-size", "SIZE", "5GB",
           "largest safetensors shard (5GB, 500MB; a plain number is MB); more get an index"};
@@ -149,6 +153,7 @@ std::vector<CommandSpec> make_table() {
         load_in_4bit_flag(),
         compute_dtype_flag(),
         device_flag(),
+        attn_implementation_flag(),
         {"trace", "DIR", "", "also dump each named step of one layer (see --trace-layer)"},
         {"trace-layer", "N", "0", "the layer --trace dumps"}},
        run_logits_command},
@@ -210,7 +215,8 @@ std::vector<CommandSpec> make_table() {
                                     adapter_flag(),
                                     load_in_4bit_flag(),
                                     compute_dtype_flag(),
-                                    device_flag()}),
+                                    device_flag(),
+                                    attn_implementation_flag()}),
        run_generate_command},
       {"chat", "an interactive conversation (the KV cache is kept between turns)", "",
        concat({model_flag(),
@@ -218,7 +224,7 @@ std::vector<CommandSpec> make_table() {
                {"thinking", "", "", "enable thinking in the template"}},
               sampling_flags(),
               std::vector<FlagSpec>{adapter_flag(), load_in_4bit_flag(), compute_dtype_flag(),
-                                    device_flag()}),
+                                    device_flag(), attn_implementation_flag()}),
        run_chat_command},
       {"tokenize",
        "print token ids of a text or of a rendered conversation",

@@ -562,4 +562,11 @@ std::string gemma4_config_to_json(const Gemma4Config& c, bool text_only, const s
   return root.dump(2) + "\n";
 }
 
+AttentionImplementation attention_implementation_from_name(const std::string& name,
+                                                           const std::string& where) {
+  if (name == "sdpa") return AttentionImplementation::kSdpa;
+  if (name == "eager") return AttentionImplementation::kEager;
+  throw InputError(where + ": expected sdpa or eager, found \"" + name + "\"");
+}
+
 }  // namespace gemma

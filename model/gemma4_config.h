@@ -89,6 +89,9 @@ struct Gemma4LayerSpec {
 
 // transformers' attn_implementation: "sdpa" (its default, and ours) or "eager".
 enum class AttentionImplementation { kSdpa, kEager };
+// "sdpa" or "eager"; anything else is an InputError naming `where`.
+AttentionImplementation attention_implementation_from_name(const std::string& name,
+                                                           const std::string& where);
 
 struct Gemma4Config {
   int64_t vocab_size = 262144;

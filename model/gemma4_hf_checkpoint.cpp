@@ -193,6 +193,7 @@ LoadedGemma4 load_gemma4(const fs::path& dir, const Gemma4LoadOptions& options) 
 
   {
     DefaultDtypeGuard dtype_guard(options.dtype);
+    out.config.attn_implementation = options.attn_implementation;
     out.model = Gemma4ForCausalLM(out.config, report.lm_head_from_file);
   }
   torch::NoGradGuard no_grad;

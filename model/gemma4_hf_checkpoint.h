@@ -83,6 +83,8 @@ struct Gemma4LoadOptions {
   // Keep the PLE table (several GB, a row read per token) in host memory on a CUDA device; only
   // the rows of each batch cross (pinned, asynchronous). false: the table goes to the device.
   bool ple_on_host = true;
+  // transformers' attn_implementation (gemma4_attention.h).
+  AttentionImplementation attn_implementation = AttentionImplementation::kSdpa;
 };
 
 // The bytes held in NF4 by a model loaded with nf4_base (0 for a dense model).

@@ -1,6 +1,7 @@
 #include "trainer/memory_meter.h"
 
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/alignment.h>
 
 #ifdef GEMMA_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -8,18 +9,31 @@
 
 namespace gemma {
 
-// What the counting DataPtr owns: the inner allocation and the size it was counted with.
-struct CountingCpuAllocator::Block {
-  c10::DataPtr inner;
+namespace {
+
+// Each block carries its counted size in a header of one alignment unit in front of the data, so
+// that the DataPtr's context is its data pointer: Allocator::raw_allocate (oneDNN's scratch
+// buffers, e.g. for bf16 matmuls on CPUs with AVX512_BF16) requires that.
+constexpr size_t kHeader = c10::gAlignment;
+
+struct Header {
   int64_t size;
-  CountingCpuAllocator* owner;
 };
 
-CountingCpuAllocator::CountingCpuAllocator() : inner_(c10::GetCPUAllocator()) {}
+CountingCpuAllocator* g_counter = nullptr;  // the one instance; never freed
+
+}  // namespace
+
+CountingCpuAllocator::CountingCpuAllocator() : inner_(c10::GetCPUAllocator()) {
+  inner_deleter_ = inner_->raw_deleter();
+  TORCH_CHECK(inner_deleter_ != nullptr,
+              "the CPU allocator in place has no raw deleter; cannot count in front of it");
+}
 
 CountingCpuAllocator& CountingCpuAllocator::install() {
   static CountingCpuAllocator* const instance = [] {
     auto* a = new CountingCpuAllocator();  // never freed: live blocks point at it
+    g_counter = a;
     c10::SetCPUAllocator(a, /*priority=*/100);
     return a;
   }();
@@ -27,19 +41,23 @@ CountingCpuAllocator& CountingCpuAllocator::install() {
 }
 
 c10::DataPtr CountingCpuAllocator::allocate(size_t n) {
-  auto* block = new Block{inner_->allocate(n), static_cast<int64_t>(n), this};
-  const int64_t live = live_.fetch_add(block->size) + block->size;
+  auto* base = static_cast<char*>(inner_->raw_allocate(n + kHeader));
+  reinterpret_cast<Header*>(base)->size = static_cast<int64_t>(n);
+  const int64_t live = live_.fetch_add(static_cast<int64_t>(n)) + static_cast<int64_t>(n);
   int64_t peak = peak_.load();
   while (live > peak && !peak_.compare_exchange_weak(peak, live)) {
   }
-  void* data = block->inner.get();
-  return {data, block, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
+  void* data = base + kHeader;
+  return {data, data, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
 }
 
-void CountingCpuAllocator::release(void* p) {
-  auto* block = static_cast<Block*>(p);
-  block->owner->live_.fetch_sub(block->size);
-  delete block;
+c10::DeleterFnPtr CountingCpuAllocator::raw_deleter() const { return &CountingCpuAllocator::release; }
+
+void CountingCpuAllocator::release(void* data) {
+  if (data == nullptr) return;
+  char* base = static_cast<char*>(data) - kHeader;
+  g_counter->live_.fetch_sub(reinterpret_cast<Header*>(base)->size);
+  g_counter->inner_deleter_(base);
 }
 
 void CountingCpuAllocator::copy_data(void* dest, const void* src, std::size_t count) const {

@@ -24,14 +24,15 @@ class CountingCpuAllocator final : public c10::Allocator {
   void reset_peak() { peak_.store(live_.load()); }
 
   c10::DataPtr allocate(size_t n) override;
+  c10::DeleterFnPtr raw_deleter() const override;
   void copy_data(void* dest, const void* src, std::size_t count) const override;
 
  private:
   CountingCpuAllocator();
-  struct Block;
-  static void release(void* block);
+  static void release(void* data);
 
   c10::Allocator* inner_;
+  c10::DeleterFnPtr inner_deleter_ = nullptr;
   std::atomic<int64_t> live_{0}, peak_{0};
 };
 

@@ -79,6 +79,7 @@ struct Shape {
   int64_t a = 2;         // bytes of an activation element (the compute dtype)
   int64_t r = 8;         // LoRA rank
   bool dropout = false;  // LoRA dropout on: each adapter keeps its own dropped input and mask
+  bool fused_attention = true;  // model.attn_implementation sdpa: no scores are materialised
 };
 
 // Bytes autograd keeps from one decoder layer's forward until its backward (no checkpointing):
@@ -123,8 +124,14 @@ LayerActivations layer_activations(const Gemma4Config& c, int64_t layer, const S
   m += lora_inputs({"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, H);
   m += norm(q) + N * q * a;                                               // q_norm, RoPE'd q
   if (!spec.kv_shared) m += norm(kv) + (spec.has_v_proj ? norm(kv) : 0);  // k_norm, v_norm
-  m += grouped ? 2 * N * q * a : 2 * N * kv * a;  // K and V (repeated) for matmuls
-  m += scores * 4 + (a == 4 ? 0 : scores * a);    // softmax out; its cast
+  if (s.fused_attention) {
+    // scaled_dot_product_attention keeps K and V as given (GQA without repeating), the mask
+    // converted to the compute dtype, its output and the float32 log-sum-exp of each query.
+    m += 2 * N * kv * a + s.rows * s.T * s.T * a + N * q * a + N * c.num_attention_heads * 4;
+  } else {
+    m += grouped ? 2 * N * q * a : 2 * N * kv * a;  // K and V (repeated) for matmuls
+    m += scores * 4 + (a == 4 ? 0 : scores * a);    // softmax out; its cast
+  }
   m += lora_inputs({"self_attn.o_proj"}, q);      // heads merged
   out.attention_saved = m;
   m += norm(H);  // post_attention_layernorm
@@ -146,9 +153,12 @@ LayerActivations layer_activations(const Gemma4Config& c, int64_t layer, const S
     m += N * c.num_experts * 4;                    // router probabilities
     m += routed * (H + 2 * Im + 2 * Im + Im) * a;  // gathered input, gate_up, act, product
   }
-  // Backward of the attention probabilities: two float32 gradients of the scores' shape at once
-  // (softmax's and the mask's), and the gradients of q, K, V and the merged heads.
-  out.transient = scores * (4 + 4) + 4 * N * q * a;
+  // Backward of the attention: eager's two float32 gradients of the scores' shape at once
+  // (softmax's and the mask's) and the gradients of q, K, V and the merged heads; the fused
+  // kernel's contiguous output gradient, the gradients of q, K and V and its float32 work buffers
+  // (about one float32 q).
+  out.transient = s.fused_attention ? 2 * N * q * a + 2 * N * kv * a + N * q * 4
+                                    : scores * (4 + 4) + 4 * N * q * a;
   return out;
 }
 
@@ -192,6 +202,7 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   s.a = dtype == torch::kFloat32 ? 4 : 2;
   s.r = recipe.peft.r;
   s.dropout = recipe.peft.lora_dropout > 0 && t.method == TrainingMethod::kSft;
+  s.fused_attention = recipe.model.attn_implementation == AttentionImplementation::kSdpa;
   s.rows = t.per_device_train_batch_size * (t.method == TrainingMethod::kDpo ? 2 : 1);
   s.T = t.max_length.value_or(c.max_position_embeddings);
   s.N = s.rows * s.T;
@@ -347,7 +358,7 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   } else {
     component("backward peak: one layer's backward", layer_phase,
               std::string(t.gradient_checkpointing ? "the recomputed layer's tensors, " : "") +
-                  "attention-probability gradients" +
+                  "attention gradients" +
                   (largest_nf4 > 0 ? " or one dequantized weight" : "") +
                   " (the loss needs less: " + format_bytes(loss_phase) + ")");
   }

@@ -36,6 +36,8 @@ constexpr Choice<RecipeDtype> kFloatDtypes[] = {{"float32", RecipeDtype::kFloat3
                                                 {"bfloat16", RecipeDtype::kBfloat16}};
 constexpr Choice<RecipeDevice> kDevices[] = {{"cpu", RecipeDevice::kCpu},
                                              {"cuda", RecipeDevice::kCuda}};
+constexpr Choice<AttentionImplementation> kAttentionImplementations[] = {
+    {"sdpa", AttentionImplementation::kSdpa}, {"eager", AttentionImplementation::kEager}};
 constexpr Choice<Bnb4bitQuantType> kQuantTypes[] = {{"nf4", Bnb4bitQuantType::kNf4}};
 constexpr Choice<DataKind> kDataKinds[] = {{"auto", DataKind::kAuto},
                                            {"text", DataKind::kText},
@@ -480,6 +482,8 @@ const std::vector<Field>& recipe_fields() {
       choice("model", "bnb_4bit_compute_dtype", kM, &M::bnb_4bit_compute_dtype, kFloatDtypes),
       choice("model", "device", kM, &M::device, kDevices),
       plain("model", "ple_on_host", kM, &M::ple_on_host),
+      choice("model", "attn_implementation", kM, &M::attn_implementation,
+             kAttentionImplementations),
 
       plain("peft", "r", kP, &P::r),
       plain("peft", "lora_alpha", kP, &P::lora_alpha),

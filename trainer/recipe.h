@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "export/gguf_out_type.h"
+#include "model/gemma4_config.h"
 
 namespace gemma {
 
@@ -32,6 +33,8 @@ struct ModelSection {
   RecipeDtype bnb_4bit_compute_dtype = RecipeDtype::kFloat32;  // bnb: None means float32
   RecipeDevice device = RecipeDevice::kCpu;                    // ours
   bool ple_on_host = true;  // ours: per-layer embeddings stay in host memory
+  // TRL's model_init_kwargs.attn_implementation, as a model key.
+  AttentionImplementation attn_implementation = AttentionImplementation::kSdpa;
 };
 
 // peft.target_modules in PEFT's three spellings: a list of module names (a path equal to a name

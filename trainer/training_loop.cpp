@@ -613,6 +613,7 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
     throw InputError(recipe.source + ": model.device cuda, but no CUDA device is available");
   load.nf4_base = recipe.model.load_in_4bit ? Nf4Base::kAlways : Nf4Base::kAsStored;
   load.ple_on_host = recipe.model.ple_on_host;
+  load.attn_implementation = recipe.model.attn_implementation;
 
   // ---- the memory plan: printed, and a run it says cannot fit refused before the model loads.
   const fs::path config_path = model_dir / "config.json";

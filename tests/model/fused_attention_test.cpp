@@ -4,6 +4,7 @@
 // way give the same logits and gradients.
 #include <gtest/gtest.h>
 
+#include "io/input_error.h"
 #include "model/attention_mask.h"
 #include "model/gemma4_attention.h"
 #include "tests/model/test_models.h"
@@ -116,6 +117,19 @@ TEST(FusedAttention, ModelsBuiltEitherWayAgree) {
         model_logits_and_grad(c, AttentionImplementation::kEager, ids, mask, &g_eager);
     EXPECT_LT(testing::relative_error(fused, eager), 1e-5);
     EXPECT_LT(testing::relative_error(g_fused, g_eager), 1e-4);
+  }
+}
+
+TEST(FusedAttention, ImplementationNamesAreTransformers) {
+  EXPECT_EQ(attention_implementation_from_name("sdpa", "x"), AttentionImplementation::kSdpa);
+  EXPECT_EQ(attention_implementation_from_name("eager", "x"), AttentionImplementation::kEager);
+  try {
+    attention_implementation_from_name("flash_attention_2", "--attn-implementation");
+    FAIL() << "no error";
+  } catch (const InputError& e) {
+    EXPECT_NE(std::string(e.what()).find("--attn-implementation: expected sdpa or eager"),
+              std::string::npos)
+        << e.what();
   }
 }
 

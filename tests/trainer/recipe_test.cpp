@@ -65,6 +65,7 @@ TEST(RecipeDefaults, EqualTheTrlPeftAndTransformersDefaults) {
   EXPECT_EQ(r.model.bnb_4bit_compute_dtype, RecipeDtype::kFloat32);
   EXPECT_EQ(r.model.device, RecipeDevice::kCpu);
   EXPECT_TRUE(r.model.ple_on_host);
+  EXPECT_EQ(r.model.attn_implementation, AttentionImplementation::kSdpa);
 
   EXPECT_EQ(r.peft.r, 8);
   EXPECT_EQ(r.peft.lora_alpha, 8);
@@ -161,6 +162,7 @@ constexpr const char* kEveryKey =
     "  bnb_4bit_compute_dtype: bfloat16\n"
     "  device: cuda\n"
     "  ple_on_host: false\n"
+    "  attn_implementation: eager\n"
     "peft:\n"
     "  r: 16\n"
     "  lora_alpha: 32\n"
@@ -228,6 +230,7 @@ TEST(RecipeParse, EveryKeyParses) {
   EXPECT_EQ(r.model.bnb_4bit_compute_dtype, RecipeDtype::kBfloat16);
   EXPECT_EQ(r.model.device, RecipeDevice::kCuda);
   EXPECT_FALSE(r.model.ple_on_host);
+  EXPECT_EQ(r.model.attn_implementation, AttentionImplementation::kEager);
 
   EXPECT_EQ(r.peft.r, 16);
   EXPECT_EQ(r.peft.lora_alpha, 32);
