@@ -79,8 +79,8 @@ int run_logits_command(const CliFlags& flags) {
   options.dtype = flags.dtype("dtype");
   options.device = flags.device("device");
   options.nf4_base = flags.has("load-in-4bit") ? Nf4Base::kAlways : Nf4Base::kAsStored;
-  options.attn_implementation =
-      attention_implementation_from_name(flags.value("attn-implementation"), "--attn-implementation");
+  options.attn_implementation = attention_implementation_from_name(
+      flags.value("attn-implementation"), "--attn-implementation");
 
   const auto t0 = std::chrono::steady_clock::now();
   LoadedGemma4 loaded = load_gemma4(model_dir, options);

@@ -53,8 +53,8 @@ TextModel load_text_model(const CliFlags& flags) {
   options.dtype = flags.dtype("dtype");
   options.device = flags.device("device");
   options.nf4_base = flags.has("load-in-4bit") ? Nf4Base::kAlways : Nf4Base::kAsStored;
-  options.attn_implementation =
-      attention_implementation_from_name(flags.value("attn-implementation"), "--attn-implementation");
+  options.attn_implementation = attention_implementation_from_name(
+      flags.value("attn-implementation"), "--attn-implementation");
   LoadedGemma4 loaded = load_gemma4(dir, options);
   if (const auto adapter = flags.optional("adapter"))
     load_peft_adapter(loaded.model, loaded.report.prefix, *adapter);

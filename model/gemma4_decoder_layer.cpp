@@ -11,10 +11,9 @@ Gemma4DecoderLayerImpl::Gemma4DecoderLayerImpl(const Gemma4Config& c, int layer_
   const auto norm = [&](const char* name, int64_t dim) {
     return register_module(name, RmsNorm(RmsNormOptions(dim).eps(c.rms_norm_eps)));
   };
-  self_attn = register_module(
-      "self_attn", Gemma4Attention(Gemma4AttentionOptions{layer_index, H, c.num_attention_heads,
-                                                          spec, c.rms_norm_eps,
-                                                          c.attn_implementation}));
+  self_attn = register_module("self_attn", Gemma4Attention(Gemma4AttentionOptions{
+                                               layer_index, H, c.num_attention_heads, spec,
+                                               c.rms_norm_eps, c.attn_implementation}));
   mlp = register_module("mlp", Gemma4Mlp(H, spec.intermediate_size, c.hidden_activation));
   input_layernorm = norm("input_layernorm", H);
   post_attention_layernorm = norm("post_attention_layernorm", H);

@@ -19,8 +19,8 @@ torch::Tensor EmbeddingTableImpl::lookup(const torch::Tensor& ids, const torch::
   if (weight.is_cpu() && device.is_cuda()) {
     // Pinned rows, so that the copy is a DMA that overlaps the work already queued on the
     // device; LibTorch's pinned allocator keeps the buffer until that copy has run.
-    torch::Tensor rows = torch::empty({flat.size(0), weight.size(1)},
-                                      weight.options().pinned_memory(true));
+    torch::Tensor rows =
+        torch::empty({flat.size(0), weight.size(1)}, weight.options().pinned_memory(true));
     torch::index_select_out(rows, weight, 0, flat);
     return rows.view(shape).to(device, /*non_blocking=*/true);
   }

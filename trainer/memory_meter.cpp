@@ -51,7 +51,9 @@ c10::DataPtr CountingCpuAllocator::allocate(size_t n) {
   return {data, data, &CountingCpuAllocator::release, c10::Device(c10::DeviceType::CPU)};
 }
 
-c10::DeleterFnPtr CountingCpuAllocator::raw_deleter() const { return &CountingCpuAllocator::release; }
+c10::DeleterFnPtr CountingCpuAllocator::raw_deleter() const {
+  return &CountingCpuAllocator::release;
+}
 
 void CountingCpuAllocator::release(void* data) {
   if (data == nullptr) return;

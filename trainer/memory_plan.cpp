@@ -132,7 +132,7 @@ LayerActivations layer_activations(const Gemma4Config& c, int64_t layer, const S
     m += grouped ? 2 * N * q * a : 2 * N * kv * a;  // K and V (repeated) for matmuls
     m += scores * 4 + (a == 4 ? 0 : scores * a);    // softmax out; its cast
   }
-  m += lora_inputs({"self_attn.o_proj"}, q);      // heads merged
+  m += lora_inputs({"self_attn.o_proj"}, q);  // heads merged
   out.attention_saved = m;
   m += norm(H);  // post_attention_layernorm
   m += norm(H);  // pre_feedforward_layernorm
@@ -358,8 +358,7 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   } else {
     component("backward peak: one layer's backward", layer_phase,
               std::string(t.gradient_checkpointing ? "the recomputed layer's tensors, " : "") +
-                  "attention gradients" +
-                  (largest_nf4 > 0 ? " or one dequantized weight" : "") +
+                  "attention gradients" + (largest_nf4 > 0 ? " or one dequantized weight" : "") +
                   " (the loss needs less: " + format_bytes(loss_phase) + ")");
   }
   if (cuda) {

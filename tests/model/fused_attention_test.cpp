@@ -49,8 +49,8 @@ TEST(FusedAttention, EqualsEagerInFloat32WithGradients) {
         torch::Tensor q = in.q.to(torch::kFloat32).requires_grad_();
         torch::Tensor k = in.k.to(torch::kFloat32).requires_grad_();
         torch::Tensor v = in.v.to(torch::kFloat32).requires_grad_();
-        const torch::Tensor out = fused ? fused_attention(q, k, v, in.mask, 1.0)
-                                        : eager_attention(q, k, v, in.mask, 1.0);
+        const torch::Tensor out =
+            fused ? fused_attention(q, k, v, in.mask, 1.0) : eager_attention(q, k, v, in.mask, 1.0);
         // A non-uniform upstream gradient.
         (out * torch::linspace(-1, 2, out.numel()).view(out.sizes())).sum().backward();
         return std::vector<torch::Tensor>{out.detach(), q.grad(), k.grad(), v.grad()};
@@ -72,9 +72,9 @@ TEST(FusedAttention, Bf16IsNoFurtherFromFloat64ThanEager) {
     const Inputs in = random_inputs(2, 64, sliding, 5);
     const auto bf16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
     // The reference: eager in float64 on the bf16-rounded inputs.
-    const torch::Tensor ref = eager_attention(bf16(in.q).to(torch::kFloat64),
-                                              bf16(in.k).to(torch::kFloat64),
-                                              bf16(in.v).to(torch::kFloat64), in.mask, 1.0);
+    const torch::Tensor ref =
+        eager_attention(bf16(in.q).to(torch::kFloat64), bf16(in.k).to(torch::kFloat64),
+                        bf16(in.v).to(torch::kFloat64), in.mask, 1.0);
     const torch::Tensor fused = fused_attention(bf16(in.q), bf16(in.k), bf16(in.v), in.mask, 1.0);
     const torch::Tensor eager = eager_attention(bf16(in.q), bf16(in.k), bf16(in.v), in.mask, 1.0);
     ASSERT_EQ(fused.scalar_type(), torch::kBFloat16);

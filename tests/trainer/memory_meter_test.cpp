@@ -31,8 +31,8 @@ TEST(MemoryMeter, CountsTensorsAndRawAllocations) {
   const torch::Tensor a = torch::randn({64, 96}).to(torch::kBFloat16);
   const torch::Tensor b = torch::randn({96, 80}).to(torch::kBFloat16);
   const torch::Tensor product = torch::matmul(a, b).to(torch::kFloat32);
-  EXPECT_TRUE(torch::allclose(
-      product, torch::matmul(a.to(torch::kFloat32), b.to(torch::kFloat32)), 0.02, 0.1));
+  EXPECT_TRUE(torch::allclose(product, torch::matmul(a.to(torch::kFloat32), b.to(torch::kFloat32)),
+                              0.02, 0.1));
 }
 
 }  // namespace
