@@ -10,8 +10,8 @@ Entry point: bench/compare_trl_sft.sh (it runs this file with the project's .ven
         the TRL side of one run (the driver calls it).
 
 Both stacks run the same QLoRA SFT on the same model folder and data: NF4 double-quant base with
-float32 compute, LoRA r=16 alpha=32 on all-linear with dropout 0, paged_adamw_8bit, gradient
-checkpointing, bf16 off, batch 4, max_length 512, no packing, seed 42, logging every step,
+float32 compute (--dtype bfloat16: bf16 on both sides), LoRA r=16 alpha=32 on all-linear with dropout 0, paged_adamw_8bit, gradient
+checkpointing, bf16 off unless --dtype bfloat16, batch 4, max_length 512, no packing, seed 42, logging every step,
 warm-up + measured + 1 steps. Throughput = tokens trained in the measured steps (each stack's own
 `num_tokens`: non-padding input tokens) / wall time from the end of the last warm-up step to the
 end of the last measured step (the extra last step keeps the final checkpoint/adapter write out of
@@ -61,12 +61,12 @@ def trl_main(a):
     # gemma-train init writes the multimodal layout (model.language_model.*); the text model is
     # what is trained on both sides, so load Gemma4ForCausalLM with the keys mapped.
     cfg = AutoConfig.from_pretrained(a.model).text_config
-    kwargs = dict(config=cfg, key_mapping={r"^model\.language_model\.": "model."}, dtype=torch.float32,
+    kwargs = dict(config=cfg, key_mapping={r"^model\.language_model\.": "model."}, dtype=getattr(torch, a.dtype),
                   device_map="cpu")
     if a.load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch.float32)
+            bnb_4bit_compute_dtype=getattr(torch, a.dtype))
     model = Gemma4ForCausalLM.from_pretrained(a.model, **kwargs)
     n_4bit = sum(1 for m in model.modules() if type(m).__name__ == "Linear4bit")
 
@@ -80,7 +80,7 @@ def trl_main(a):
     extra = json.loads(a.train_args) if a.train_args else {}
     args = SFTConfig(
         output_dir=a.output_dir, per_device_train_batch_size=a.batch, gradient_accumulation_steps=1,
-        max_steps=max_steps, optim=a.optim, gradient_checkpointing=True, bf16=False,
+        max_steps=max_steps, optim=a.optim, gradient_checkpointing=True, bf16=a.dtype == "bfloat16",
         max_length=a.max_length, packing=False, logging_steps=1, save_strategy="no", report_to="none",
         seed=a.seed, use_cpu=True, dataloader_num_workers=0, **extra)
     lora = LoraConfig(r=a.r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout,
@@ -266,6 +266,7 @@ def run_trl(name, model, data, work, a, env, chat_template=None, train_args=None
            "--threads", a.threads, "--optim", a.optim]
     if not a.load_in_4bit:
         cmd.append("--no-4bit")
+    cmd += ["--dtype", a.dtype]
     if chat_template:
         cmd += ["--chat-template", chat_template]
     if train_args:
@@ -321,12 +322,12 @@ def drive(a):
         "training.eval_strategy=no", "training.eval_on_start=false", f"training.save_steps={max_steps + 100}",
         f"training.per_device_train_batch_size={COMMON['batch']}", f"training.max_length={COMMON['max_length']}",
         "training.gradient_accumulation_steps=1", "training.packing=false", "training.gradient_checkpointing=true",
-        "training.bf16=false", f"training.optim={a.optim}", f"training.seed={COMMON['seed']}",
+        f"training.bf16={'true' if a.dtype == 'bfloat16' else 'false'}", f"training.optim={a.optim}", f"training.seed={COMMON['seed']}",
         "training.report_to=none", "training.overwrite_output_dir=true",
         f"peft.r={COMMON['r']}", f"peft.lora_alpha={COMMON['lora_alpha']}", f"peft.lora_dropout={COMMON['lora_dropout']}",
         "peft.target_modules=all-linear", "export.merged=false", "export.gguf=false",
         f"model.load_in_4bit={'true' if a.load_in_4bit else 'false'}", "model.bnb_4bit_use_double_quant=true",
-        "model.bnb_4bit_compute_dtype=float32", "model.dtype=float32", "model.device=cpu"]
+        f"model.bnb_4bit_compute_dtype={a.dtype}", f"model.dtype={a.dtype}", "model.device=cpu"]
 
     # Ours on the demo: recipes/demo.yaml with overrides. assistant_only_loss off on both sides
     # (TRL refuses it on Gemma 4: its template has no {% generation %} markers; docs/data.md).
@@ -337,11 +338,11 @@ def drive(a):
     recipe.write_text(f"""# written by bench/compare_trl_sft.py
 model:
   name_or_path: {bench}
-  dtype: float32
+  dtype: {a.dtype}
   load_in_4bit: {'true' if a.load_in_4bit else 'false'}
   bnb_4bit_quant_type: nf4
   bnb_4bit_use_double_quant: true
-  bnb_4bit_compute_dtype: float32
+  bnb_4bit_compute_dtype: {a.dtype}
   device: cpu
 peft:
   r: {COMMON['r']}
@@ -416,6 +417,8 @@ def main():
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--optim", default=COMMON["optim"])
     d.add_argument("--no-4bit", dest="load_in_4bit", action="store_false")
+    d.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="compute dtype on both sides (bfloat16: TRL's bf16=True as well)")
     t = sub.add_parser("trl")
     t.add_argument("--model", required=True)
     t.add_argument("--data", required=True)
@@ -426,6 +429,7 @@ def main():
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--optim", default=COMMON["optim"])
     t.add_argument("--no-4bit", dest="load_in_4bit", action="store_false")
+    t.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     t.add_argument("--chat-template")
     t.add_argument("--train-args")
     t.add_argument("--batch", type=int, default=COMMON["batch"])
