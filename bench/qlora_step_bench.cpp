@@ -22,8 +22,8 @@ constexpr int64_t kTokens = 512;
 // A random bench-100m checkpoint in bf16, written once per run.
 const std::filesystem::path& checkpoint() {
   static const std::filesystem::path dir = [] {
-    const auto path = std::filesystem::temp_directory_path() /
-                      ("gemma-qlora-bench-" + std::to_string(::getpid()));
+    auto path = std::filesystem::temp_directory_path() /
+                ("gemma-qlora-bench-" + std::to_string(::getpid()));
     const Gemma4Config c = parse_gemma4_config(*bundled_config_json("bench-100m"), "bench-100m");
     Gemma4ForCausalLM model{nullptr};
     {

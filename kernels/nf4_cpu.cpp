@@ -163,11 +163,11 @@ __attribute__((target("avx2,fma"))) void dequant_full_block_avx2(const uint8_t* 
   const __m256 lo = _mm256_loadu_ps(values), hi = _mm256_loadu_ps(values + 8);
   if constexpr (!kBf16Out) {
     auto* dst = static_cast<float*>(out);
-    for (int g = 0; g < 8; ++g)
+    for (int64_t g = 0; g < 8; ++g)
       _mm256_storeu_ps(dst + 8 * g, nf4_simd::lookup8(bytes + 4 * g, lo, hi));
   } else {
     auto* dst = static_cast<uint16_t*>(out);
-    for (int g = 0; g < 8; g += 2) {
+    for (int64_t g = 0; g < 8; g += 2) {
       const __m256i a =
           _mm256_srli_epi32(_mm256_castps_si256(nf4_simd::lookup8(bytes + 4 * g, lo, hi)), 16);
       const __m256i b =

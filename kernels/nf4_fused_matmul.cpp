@@ -72,7 +72,7 @@ __attribute__((target("avx2,fma"))) void product_one_row_avx2(const Operands& op
       block_vectors(op, block, lut_lo, lut_hi, lo, hi);
       const uint8_t* bytes = op.packed + block * (kNf4BlockSize / 2);
       const float* xk = op.x + k * kNf4BlockSize;
-      for (int g = 0; g < 8; ++g) {
+      for (int64_t g = 0; g < 8; ++g) {
         s[g % 4] = _mm256_fmadd_ps(nf4_simd::lookup8(bytes + 4 * g, lo, hi),
                                    _mm256_loadu_ps(xk + 8 * g), s[g % 4]);
       }
@@ -97,13 +97,13 @@ __attribute__((target("avx2,fma"))) void product_rows_avx2(const Operands& op, i
       block_vectors(op, block, lut_lo, lut_hi, lo, hi);
       const uint8_t* bytes = op.packed + block * (kNf4BlockSize / 2);
       __m256 wv[8];
-      for (int g = 0; g < 8; ++g) wv[g] = nf4_simd::lookup8(bytes + 4 * g, lo, hi);
+      for (int64_t g = 0; g < 8; ++g) wv[g] = nf4_simd::lookup8(bytes + 4 * g, lo, hi);
       const float* xk = op.x + k * kNf4BlockSize;
       for (int64_t m = 0; m < op.rows; ++m) {
         const float* xm = xk + m * op.in;
         float* acc = sums.data() + m * 16;
         __m256 s0 = _mm256_loadu_ps(acc), s1 = _mm256_loadu_ps(acc + 8);
-        for (int g = 0; g < 8; g += 2) {
+        for (int64_t g = 0; g < 8; g += 2) {
           s0 = _mm256_fmadd_ps(wv[g], _mm256_loadu_ps(xm + 8 * g), s0);
           s1 = _mm256_fmadd_ps(wv[g + 1], _mm256_loadu_ps(xm + 8 * g + 8), s1);
         }

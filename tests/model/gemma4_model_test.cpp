@@ -64,8 +64,8 @@ TEST(Gemma4Model, SlidingCacheKeepsOnlyTheWindow) {
   EXPECT_EQ(cache.kept_tokens(LayerType::kSliding), c.sliding_window - 1);
   EXPECT_EQ(cache.kept_tokens(LayerType::kFull), 20);
   // 4 non-shared layers (3 sliding, 1 full) hold K and V; the 2 shared layers hold nothing.
-  const int64_t per_token = 2 * 2 * 16 * 4;  // K+V, 2 KV heads, head_dim 16, f32
-  const int64_t full_per_token = 2 * 2 * 32 * 4;
+  const int64_t per_token = int64_t{2} * 2 * 16 * 4;  // K+V, 2 KV heads, head_dim 16, f32
+  const int64_t full_per_token = int64_t{2} * 2 * 32 * 4;
   EXPECT_EQ(cache.nbytes(), 3 * (c.sliding_window - 1) * per_token + 20 * full_per_token);
 }
 
