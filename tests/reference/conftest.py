@@ -35,10 +35,10 @@ def run(binary, *args, check=True):
     return proc
 
 
-def our_logits(binary, model_dir, ids, tmp_path, dtype="f32"):
+def our_logits(binary, model_dir, ids, tmp_path, dtype="f32", attn_implementation="sdpa"):
     out = tmp_path / f"logits-{os.getpid()}-{len(ids)}.bin"
     run(binary, "logits", "--model", model_dir, "--ids", ",".join(map(str, ids)), "--out", out, "--dtype", dtype,
-        "--overwrite")
+        "--attn-implementation", attn_implementation, "--overwrite")
     data = np.fromfile(out, dtype="<f4")
     return data.reshape(len(ids), -1)
 

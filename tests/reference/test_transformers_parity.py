@@ -76,6 +76,22 @@ def test_transformers_checkpoint_runs_in_gemma_train(gemma_train, tmp_path, kind
         assert relative_error(ours, expected) < 1e-4, (kind, seed)
 
 
+@pytest.mark.parametrize("kind", ["e2b_like", "31b_like"])
+@pytest.mark.parametrize("ours", ["sdpa", "eager"])
+@pytest.mark.parametrize("theirs", ["sdpa", "eager"])
+def test_either_attention_implementation_computes_what_transformers_computes(gemma_train, tmp_path, kind, ours,
+                                                                              theirs):
+    """`--attn-implementation` against transformers' attn_implementation of the same name and the
+    other one, over several sliding windows (sliding and full masks, GQA): f32 to 1e-4."""
+    model = hf_model(kind, False, 3)
+    model.config._attn_implementation = theirs
+    model.save_pretrained(tmp_path / "hf")
+    ids = ids_for(model.config.vocab_size, 23, 3)
+    expected = hf_logits(model, ids)
+    got = our_logits(gemma_train, tmp_path / "hf", ids, tmp_path, attn_implementation=ours)
+    assert relative_error(got, expected) < 1e-4, (kind, ours, theirs)
+
+
 @pytest.mark.parametrize("config", ["tiny-e2b", "tiny-31b", "tiny-moe"])
 @pytest.mark.parametrize("text_only", [False, True], ids=["multimodal", "text_only"])
 def test_gemma_train_checkpoint_loads_in_transformers(gemma_train, tmp_path, config, text_only):
