@@ -122,6 +122,18 @@ void BM_RowsFused(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(nf4_fused_matmul(x, w));
 }
 
+// The AVX2 code on a CPU that has AVX-512 too (skipped elsewhere): what AVX-512 gains.
+void BM_RowsFusedAvx2(benchmark::State& state) {
+  const std::vector<std::string> isas = nf4_fused_matmul_cpu_isas();
+  if (std::find(isas.begin(), isas.end(), "avx512") == isas.end()) {
+    state.SkipWithError("no AVX-512 here: BM_RowsFused is the AVX2 code");
+    return;
+  }
+  const torch::Tensor x = few_rows(state);
+  const Nf4Weight& w = weight(torch::kBFloat16);
+  for (auto _ : state) benchmark::DoNotOptimize(nf4_fused_matmul(x, w, "avx2"));
+}
+
 void BM_RowsDequantizeThenMatmul(benchmark::State& state) {
   const torch::Tensor x = few_rows(state);
   const Nf4Weight& w = weight(torch::kBFloat16);
@@ -144,6 +156,7 @@ void BM_RowsDense(benchmark::State& state) {
       ->UseRealTime()                                                                         \
       ->Unit(benchmark::kMicrosecond)
 ROWS_BENCHMARK(BM_RowsFused);
+ROWS_BENCHMARK(BM_RowsFusedAvx2);
 ROWS_BENCHMARK(BM_RowsDequantizeThenMatmul);
 ROWS_BENCHMARK(BM_RowsDense);
 

@@ -5,9 +5,18 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "kernels/nf4_cpu_simd.h"
+
+#ifdef GEMMA_WITH_CUDA
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/nf4_cuda_kernels.h"
+#endif
 
 namespace gemma {
 
@@ -21,7 +30,8 @@ struct Operands {
   AbsmaxSource absmax;
   const float* lut;
   bool bf16_weight;
-  const float* x;  // [rows, in], float32
+  const float* x;          // [rows, in], float32 (the bf16 code: null)
+  const uint16_t* x_bf16;  // [rows, in], bfloat16 bits, for the bf16 code only
   int64_t rows, in, out;
   float* y;  // [rows, out], float32
 };
@@ -117,11 +127,174 @@ __attribute__((target("avx2,fma"))) void product_rows_avx2(const Operands& op, i
   }
 }
 
+// AVX-512: x comes permuted, so that codes need no interleaving. A block's 16 values fill one
+// register and vpermps reads the low 4 bits of each index, so 16 bytes widened to 16 lanes look up
+// the 16 odd elements (low nibbles) as they are and, shifted right by 4, the 16 even elements
+// (high nibbles). x is stored to match: each group of 32 elements as its 16 even elements, then
+// its 16 odd ones (permute_for_avx512 below; once per product, then shared by every output).
+__attribute__((target("avx512f,avx512bw"))) inline __m512 block_table_avx512(const Operands& op,
+                                                                             int64_t block,
+                                                                             __m512 lut) {
+  const __m512 v = _mm512_mul_ps(lut, _mm512_set1_ps(op.absmax(block)));
+  if (!op.bf16_weight) return v;
+  const __m512i bits = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb);
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(rounded, _mm512_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+}
+
+// The 32 weights of 16 bytes: even elements in `even`, odd ones in `odd`.
+__attribute__((target("avx512f,avx512bw"))) inline void weights32_avx512(const uint8_t* bytes,
+                                                                         __m512 table, __m512& even,
+                                                                         __m512& odd) {
+  const __m512i codes =
+      _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes)));
+  odd = _mm512_permutexvar_ps(codes, table);
+  even = _mm512_permutexvar_ps(_mm512_srli_epi32(codes, 4), table);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void product_one_row_avx512(const Operands& op,
+                                                                        int64_t begin,
+                                                                        int64_t end) {
+  const int64_t blocks_per_row = op.in / kNf4BlockSize;
+  const __m512 lut = _mm512_loadu_ps(op.lut);
+  for (int64_t o = begin; o < end; ++o) {
+    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      const int64_t block = o * blocks_per_row + k;
+      const __m512 table = block_table_avx512(op, block, lut);
+      const uint8_t* bytes = op.packed + block * (kNf4BlockSize / 2);
+      const float* xk = op.x + k * kNf4BlockSize;
+      for (int64_t g = 0; g < 2; ++g) {
+        __m512 even, odd;
+        weights32_avx512(bytes + 16 * g, table, even, odd);
+        s[2 * g] = _mm512_fmadd_ps(even, _mm512_loadu_ps(xk + 32 * g), s[2 * g]);
+        s[2 * g + 1] = _mm512_fmadd_ps(odd, _mm512_loadu_ps(xk + 32 * g + 16), s[2 * g + 1]);
+      }
+    }
+    op.y[o] =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+  }
+}
+
+// Several rows of x: a block's 64 weights (4 registers) are dequantized once and meet every row;
+// each row keeps one register of partial sums in `sums`.
+__attribute__((target("avx512f,avx512bw"))) void product_rows_avx512(const Operands& op,
+                                                                     int64_t begin, int64_t end) {
+  const int64_t blocks_per_row = op.in / kNf4BlockSize;
+  const __m512 lut = _mm512_loadu_ps(op.lut);
+  std::vector<float> sums(static_cast<size_t>(op.rows) * 16);
+  for (int64_t o = begin; o < end; ++o) {
+    std::fill(sums.begin(), sums.end(), 0.0f);
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      const int64_t block = o * blocks_per_row + k;
+      const __m512 table = block_table_avx512(op, block, lut);
+      const uint8_t* bytes = op.packed + block * (kNf4BlockSize / 2);
+      __m512 wv[4];
+      weights32_avx512(bytes, table, wv[0], wv[1]);
+      weights32_avx512(bytes + 16, table, wv[2], wv[3]);
+      const float* xk = op.x + k * kNf4BlockSize;
+      for (int64_t m = 0; m < op.rows; ++m) {
+        const float* xm = xk + m * op.in;
+        float* acc = sums.data() + m * 16;
+        __m512 s0 = _mm512_fmadd_ps(wv[0], _mm512_loadu_ps(xm), _mm512_loadu_ps(acc));
+        __m512 s1 = _mm512_mul_ps(wv[1], _mm512_loadu_ps(xm + 16));
+        s0 = _mm512_fmadd_ps(wv[2], _mm512_loadu_ps(xm + 32), s0);
+        s1 = _mm512_fmadd_ps(wv[3], _mm512_loadu_ps(xm + 48), s1);
+        _mm512_storeu_ps(acc, _mm512_add_ps(s0, s1));
+      }
+    }
+    for (int64_t m = 0; m < op.rows; ++m)
+      op.y[m * op.out + o] = _mm512_reduce_add_ps(_mm512_loadu_ps(sums.data() + m * 16));
+  }
+}
+
+// bf16 inputs on a CPU with AVX512_BF16: the weights stay bf16 too, 32 to a register, and
+// vdpbf16ps multiplies 32 pairs into 16 float32 sums (bf16 products are exact in float32). A
+// block's table is its 16 values lut · absmax rounded to bf16 (what dequantizing to bf16 gives,
+// for a bf16 or an f32 weight), twice, so that vpermw's 5-bit index ignores bit 4: the 32 bytes of
+// a block widened to words look up its 32 odd elements as they are and, shifted right by 4, its 32
+// even ones. x comes permuted to match: each block as its 32 even elements, then its 32 odd ones.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512i block_table_bf16(
+    const Operands& op, int64_t block, __m512 lut) {
+  const __m256i t = reinterpret_cast<__m256i>(
+      _mm512_cvtneps_pbh(_mm512_mul_ps(lut, _mm512_set1_ps(op.absmax(block)))));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(t), t, 1);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline void weights64_bf16(
+    const uint8_t* bytes, __m512i table, __m512i& even, __m512i& odd) {
+  const __m512i codes =
+      _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(bytes)));
+  odd = _mm512_permutexvar_epi16(codes, table);
+  even = _mm512_permutexvar_epi16(_mm512_srli_epi16(codes, 4), table);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512 dot_bf16(__m512 acc, __m512i w,
+                                                                              const uint16_t* x) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(w),
+                          reinterpret_cast<__m512bh>(_mm512_loadu_si512(x)));
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void product_one_row_bf16(const Operands& op,
+                                                                                 int64_t begin,
+                                                                                 int64_t end) {
+  const int64_t blocks_per_row = op.in / kNf4BlockSize;
+  const __m512 lut = _mm512_loadu_ps(op.lut);
+  for (int64_t o = begin; o < end; ++o) {
+    __m512 s[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(),
+                   _mm512_setzero_ps()};
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      const int64_t block = o * blocks_per_row + k;
+      __m512i even, odd;
+      weights64_bf16(op.packed + block * (kNf4BlockSize / 2), block_table_bf16(op, block, lut),
+                     even, odd);
+      const uint16_t* xk = op.x_bf16 + k * kNf4BlockSize;
+      const int64_t a = 2 * (k & 1);
+      s[a] = dot_bf16(s[a], even, xk);
+      s[a + 1] = dot_bf16(s[a + 1], odd, xk + 32);
+    }
+    op.y[o] =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(s[0], s[1]), _mm512_add_ps(s[2], s[3])));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void product_rows_bf16(const Operands& op,
+                                                                              int64_t begin,
+                                                                              int64_t end) {
+  const int64_t blocks_per_row = op.in / kNf4BlockSize;
+  const __m512 lut = _mm512_loadu_ps(op.lut);
+  std::vector<float> sums(static_cast<size_t>(op.rows) * 16);
+  for (int64_t o = begin; o < end; ++o) {
+    std::fill(sums.begin(), sums.end(), 0.0f);
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      const int64_t block = o * blocks_per_row + k;
+      __m512i even, odd;
+      weights64_bf16(op.packed + block * (kNf4BlockSize / 2), block_table_bf16(op, block, lut),
+                     even, odd);
+      const uint16_t* xk = op.x_bf16 + k * kNf4BlockSize;
+      for (int64_t m = 0; m < op.rows; ++m) {
+        const uint16_t* xm = xk + m * op.in;
+        float* acc = sums.data() + m * 16;
+        _mm512_storeu_ps(acc, dot_bf16(dot_bf16(_mm512_loadu_ps(acc), even, xm), odd, xm + 32));
+      }
+    }
+    for (int64_t m = 0; m < op.rows; ++m)
+      op.y[m * op.out + o] = _mm512_reduce_add_ps(_mm512_loadu_ps(sums.data() + m * 16));
+  }
+}
+
 }  // namespace
 
 bool nf4_fused_matmul_applies(const torch::Tensor& x, const Nf4Weight& w, int64_t max_rows) {
-  if (nf4_simd::kIsa == nf4_simd::Isa::kScalar) return false;
-  if (!x.device().is_cpu() || !w.packed.device().is_cpu()) return false;
+  if (x.device() != w.packed.device()) return false;
+  if (x.device().is_cpu()) {
+    if (nf4_simd::kIsa == nf4_simd::Isa::kScalar) return false;
+  } else if (!x.is_cuda() || !nf4_cuda_available()) {
+    return false;
+  }
   if (w.shape.size() != 2 || w.blocksize != kNf4BlockSize || w.shape[1] % kNf4BlockSize != 0)
     return false;
   if (w.dtype != torch::kFloat32 && w.dtype != torch::kBFloat16) return false;
@@ -132,13 +305,66 @@ bool nf4_fused_matmul_applies(const torch::Tensor& x, const Nf4Weight& w, int64_
   return rows >= 1 && rows <= max_rows;
 }
 
-torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w) {
-  TORCH_CHECK(nf4_fused_matmul_applies(x, w, std::numeric_limits<int64_t>::max()),
-              "nf4_fused_matmul: an unsupported product (x ", x.sizes(), " ", x.scalar_type(),
-              ", weight ", w.shape, ")");
-  const int64_t in = w.shape[1], out = w.shape[0], rows = x.numel() / in;
-  const torch::Tensor xf = x.reshape({rows, in}).to(torch::kFloat32).contiguous();
-  torch::Tensor y = torch::empty({rows, out}, torch::kFloat32);
+namespace {
+
+#ifdef GEMMA_WITH_CUDA
+void product_cuda(const torch::Tensor& xf, const Nf4Weight& w, const torch::Tensor& y) {
+  const torch::Tensor codes = w.absmax_codes.contiguous();
+  const torch::Tensor map = w.nested_quant_map.to(torch::kFloat32).contiguous();
+  const torch::Tensor nested = w.nested_absmax.to(torch::kFloat32).contiguous();
+  const torch::Tensor lut = w.quant_map.to(torch::kFloat32).contiguous();
+  const torch::Tensor packed = w.packed.contiguous();
+  const cuda::Nf4FusedOperands op{packed.data_ptr<uint8_t>(),
+                                  codes.data_ptr<uint8_t>(),
+                                  map.data_ptr<float>(),
+                                  nested.data_ptr<float>(),
+                                  w.offset,
+                                  lut.data_ptr<float>(),
+                                  w.dtype == torch::kBFloat16,
+                                  xf.data_ptr<float>(),
+                                  xf.size(0),
+                                  w.shape[1],
+                                  w.shape[0],
+                                  y.data_ptr<float>()};
+  const c10::cuda::CUDAGuard guard(xf.device());
+  TORCH_CHECK(cuda::launch_nf4_fused_matmul(op, c10::cuda::getCurrentCUDAStream().stream()),
+              "nf4_fused_matmul: the CUDA kernel refused the weight ", w.shape);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#endif
+
+// The CPU codes, slowest first; each needs the instruction sets of those before it.
+enum class CpuCode { kAvx2, kAvx512, kAvx512Bf16 };
+constexpr const char* kCpuCodeNames[] = {"avx2", "avx512", "avx512_bf16"};
+
+std::vector<CpuCode> cpu_codes_here() {
+  std::vector<CpuCode> codes;
+  if (nf4_simd::kIsa == nf4_simd::Isa::kScalar) return codes;
+  codes.push_back(CpuCode::kAvx2);
+  if (nf4_simd::kIsa != nf4_simd::Isa::kAvx512) return codes;
+  codes.push_back(CpuCode::kAvx512);
+  if (__builtin_cpu_supports("avx512bf16")) codes.push_back(CpuCode::kAvx512Bf16);
+  return codes;
+}
+
+// x [rows, in] as the code reads it: float32, or bf16 for the bf16 code; for the AVX-512 codes
+// each group of 2g elements (g = 16 for float32, 32 for bf16) as its g even elements, then its g
+// odd ones.
+torch::Tensor x_for(CpuCode code, const torch::Tensor& x) {
+  const int64_t rows = x.size(0), in = x.size(1);
+  if (code == CpuCode::kAvx2) return x.to(torch::kFloat32).contiguous();
+  const bool bf16 = code == CpuCode::kAvx512Bf16;
+  const int64_t g = bf16 ? 32 : 16;
+  return x.to(bf16 ? torch::kBFloat16 : torch::kFloat32)
+      .reshape({rows, in / (2 * g), g, 2})
+      .transpose(2, 3)
+      .contiguous()
+      .view({rows, in});
+}
+
+void product_cpu(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& y, CpuCode code) {
+  const int64_t in = w.shape[1], out = w.shape[0], rows = x.size(0);
+  const bool bf16_code = code == CpuCode::kAvx512Bf16;
   const torch::Tensor codes = w.absmax_codes.contiguous();
   const torch::Tensor map = w.nested_quant_map.to(torch::kFloat32).contiguous();
   const torch::Tensor nested = w.nested_absmax.to(torch::kFloat32).contiguous();
@@ -148,7 +374,8 @@ torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w) {
       {codes.data_ptr<uint8_t>(), map.data_ptr<float>(), nested.data_ptr<float>(), w.offset},
       lut.data_ptr<float>(),
       w.dtype == torch::kBFloat16,
-      xf.data_ptr<float>(),
+      bf16_code ? nullptr : x.data_ptr<float>(),
+      bf16_code ? reinterpret_cast<const uint16_t*>(x.data_ptr()) : nullptr,
       rows,
       in,
       out,
@@ -156,12 +383,56 @@ torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w) {
   // about 64K weights a task: enough to amortize a task, small enough to balance 2-16 threads
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / in);
   at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
-    if (rows == 1) {
-      product_one_row_avx2(op, begin, end);
-    } else {
-      product_rows_avx2(op, begin, end);
+    const bool one = rows == 1;
+    switch (code) {
+      case CpuCode::kAvx512Bf16:
+        one ? product_one_row_bf16(op, begin, end) : product_rows_bf16(op, begin, end);
+        break;
+      case CpuCode::kAvx512:
+        one ? product_one_row_avx512(op, begin, end) : product_rows_avx512(op, begin, end);
+        break;
+      default:
+        one ? product_one_row_avx2(op, begin, end) : product_rows_avx2(op, begin, end);
     }
   });
+}
+
+}  // namespace
+
+std::vector<std::string> nf4_fused_matmul_cpu_isas() {
+  std::vector<std::string> names;
+  for (const CpuCode code : cpu_codes_here())
+    names.emplace_back(kCpuCodeNames[static_cast<int>(code)]);
+  return names;
+}
+
+torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w, const char* isa) {
+  TORCH_CHECK(nf4_fused_matmul_applies(x, w, std::numeric_limits<int64_t>::max()),
+              "nf4_fused_matmul: an unsupported product (x ", x.sizes(), " ", x.scalar_type(),
+              " on ", x.device(), ", weight ", w.shape, " on ", w.packed.device(), ")");
+  const int64_t in = w.shape[1], out = w.shape[0], rows = x.numel() / in;
+  torch::Tensor y = torch::empty({rows, out}, x.options().dtype(torch::kFloat32));
+#ifdef GEMMA_WITH_CUDA
+  if (x.is_cuda()) product_cuda(x.reshape({rows, in}).to(torch::kFloat32).contiguous(), w, y);
+#endif
+  if (x.device().is_cpu()) {
+    const std::vector<CpuCode> here = cpu_codes_here();
+    // the best code here; the bf16 one only for bf16 inputs (it multiplies bf16 pairs)
+    CpuCode code = here.back();
+    if (code == CpuCode::kAvx512Bf16 && x.scalar_type() != torch::kBFloat16)
+      code = CpuCode::kAvx512;
+    if (isa != nullptr) {
+      const auto named = std::find_if(here.begin(), here.end(), [&](CpuCode c) {
+        return std::string(kCpuCodeNames[static_cast<int>(c)]) == isa;
+      });
+      TORCH_CHECK(named != here.end(), "nf4_fused_matmul: this CPU does not run the ", isa,
+                  " code");
+      code = *named;
+      TORCH_CHECK(code != CpuCode::kAvx512Bf16 || x.scalar_type() == torch::kBFloat16,
+                  "nf4_fused_matmul: the avx512_bf16 code takes bf16 inputs");
+    }
+    product_cpu(x_for(code, x.reshape({rows, in})), w, y, code);
+  }
   std::vector<int64_t> shape = x.sizes().vec();
   shape.back() = out;
   return y.to(x.scalar_type()).view(shape);

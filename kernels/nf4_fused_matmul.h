@@ -1,11 +1,15 @@
 // y = x · Wᵀ for a few rows of x against an NF4 weight, with each 64-element block dequantized
-// into registers and used at once: the dense weight is never written. This is the product that
+// into registers and used at once: the dense weight is never written (CPU here, CUDA in
+// nf4_fused_matmul_cuda.cu). This is the product that
 // decoding (one row per sequence) and short prompts need; it reads the weight's 4-bit bytes once
 // instead of writing and reading a dense copy. Larger batches go through dequantize + BLAS
 // (nf4_linear), where the matmul dominates.
 #pragma once
 
 #include <torch/torch.h>
+
+#include <string>
+#include <vector>
 
 #include "kernels/nf4.h"
 
@@ -17,14 +21,23 @@ namespace gemma {
 // weights compute.
 constexpr int64_t kNf4FusedMaxRows = 8;
 
-// Whether nf4_fused_matmul handles this product: CPU tensors, an AVX2 CPU, a 2-d weight of f32 or
-// bf16 whose rows are whole blocks (in % 64 == 0), x of f32 or bf16 with at most `max_rows` rows.
+// Whether nf4_fused_matmul handles this product: x and the weight on one device, either the CPU
+// with AVX2 (AVX-512 where present) or a CUDA GPU with gemma-train's kernels built in; a 2-d
+// weight of f32 or bf16 whose rows are whole blocks (in % 64 == 0), x of f32 or bf16 with at most
+// `max_rows` rows.
 bool nf4_fused_matmul_applies(const torch::Tensor& x, const Nf4Weight& w,
                               int64_t max_rows = kNf4FusedMaxRows);
 
 // x [..., in] -> [..., out] in x's dtype, no autograd; any number of rows. The weight takes the
 // values dequantization gives (bf16-rounded for a bf16 weight); products accumulate in float32, so
-// the result equals linear(x, dequantize_nf4_as(w, x.dtype)) to float32 rounding.
-torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w);
+// the result equals linear(x, dequantize_nf4_as(w, x.dtype)) to float32 rounding. (The CPU's
+// AVX512_BF16 code, for bf16 x, multiplies bf16 pairs: an f32 weight is rounded to bf16 first, as
+// dequantize_nf4_as(w, bf16) rounds it; the other codes keep an f32 weight's values.)
+// `isa` picks the CPU code for tests and benchmarks ("avx2", "avx512" or "avx512_bf16", which must
+// run here); null: the best this CPU has for x's dtype.
+torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w,
+                               const char* isa = nullptr);
+// The CPU codes this CPU runs, slowest first: a prefix of {"avx2", "avx512", "avx512_bf16"}.
+std::vector<std::string> nf4_fused_matmul_cpu_isas();
 
 }  // namespace gemma
