@@ -179,15 +179,16 @@ __attribute__((target("avx512f,avx512bw"))) void product_one_row_avx512(const Op
   }
 }
 
-// Several rows of x: a block's 64 weights (4 registers) are dequantized once and meet every row;
-// each row keeps one register of partial sums in `sums`.
+// Up to 8 rows of x: a block's 64 weights (4 registers) are dequantized once and meet every row;
+// each row keeps two registers of partial sums (independent chains), all in registers.
+template <int kRows>
 __attribute__((target("avx512f,avx512bw"))) void product_rows_avx512(const Operands& op,
                                                                      int64_t begin, int64_t end) {
   const int64_t blocks_per_row = op.in / kNf4BlockSize;
   const __m512 lut = _mm512_loadu_ps(op.lut);
-  std::vector<float> sums(static_cast<size_t>(op.rows) * 16);
   for (int64_t o = begin; o < end; ++o) {
-    std::fill(sums.begin(), sums.end(), 0.0f);
+    __m512 s0[kRows], s1[kRows];
+    for (int m = 0; m < kRows; ++m) s0[m] = s1[m] = _mm512_setzero_ps();
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       const int64_t block = o * blocks_per_row + k;
       const __m512 table = block_table_avx512(op, block, lut);
@@ -196,18 +197,16 @@ __attribute__((target("avx512f,avx512bw"))) void product_rows_avx512(const Opera
       weights32_avx512(bytes, table, wv[0], wv[1]);
       weights32_avx512(bytes + 16, table, wv[2], wv[3]);
       const float* xk = op.x + k * kNf4BlockSize;
-      for (int64_t m = 0; m < op.rows; ++m) {
+      for (int m = 0; m < kRows; ++m) {
         const float* xm = xk + m * op.in;
-        float* acc = sums.data() + m * 16;
-        __m512 s0 = _mm512_fmadd_ps(wv[0], _mm512_loadu_ps(xm), _mm512_loadu_ps(acc));
-        __m512 s1 = _mm512_mul_ps(wv[1], _mm512_loadu_ps(xm + 16));
-        s0 = _mm512_fmadd_ps(wv[2], _mm512_loadu_ps(xm + 32), s0);
-        s1 = _mm512_fmadd_ps(wv[3], _mm512_loadu_ps(xm + 48), s1);
-        _mm512_storeu_ps(acc, _mm512_add_ps(s0, s1));
+        s0[m] = _mm512_fmadd_ps(wv[0], _mm512_loadu_ps(xm), s0[m]);
+        s1[m] = _mm512_fmadd_ps(wv[1], _mm512_loadu_ps(xm + 16), s1[m]);
+        s0[m] = _mm512_fmadd_ps(wv[2], _mm512_loadu_ps(xm + 32), s0[m]);
+        s1[m] = _mm512_fmadd_ps(wv[3], _mm512_loadu_ps(xm + 48), s1[m]);
       }
     }
-    for (int64_t m = 0; m < op.rows; ++m)
-      op.y[m * op.out + o] = _mm512_reduce_add_ps(_mm512_loadu_ps(sums.data() + m * 16));
+    for (int m = 0; m < kRows; ++m)
+      op.y[m * op.out + o] = _mm512_reduce_add_ps(_mm512_add_ps(s0[m], s1[m]));
   }
 }
 
@@ -261,30 +260,50 @@ __attribute__((target("avx512f,avx512bw,avx512bf16"))) void product_one_row_bf16
   }
 }
 
+template <int kRows>
 __attribute__((target("avx512f,avx512bw,avx512bf16"))) void product_rows_bf16(const Operands& op,
                                                                               int64_t begin,
                                                                               int64_t end) {
   const int64_t blocks_per_row = op.in / kNf4BlockSize;
   const __m512 lut = _mm512_loadu_ps(op.lut);
-  std::vector<float> sums(static_cast<size_t>(op.rows) * 16);
   for (int64_t o = begin; o < end; ++o) {
-    std::fill(sums.begin(), sums.end(), 0.0f);
+    __m512 s0[kRows], s1[kRows];
+    for (int m = 0; m < kRows; ++m) s0[m] = s1[m] = _mm512_setzero_ps();
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       const int64_t block = o * blocks_per_row + k;
       __m512i even, odd;
       weights64_bf16(op.packed + block * (kNf4BlockSize / 2), block_table_bf16(op, block, lut),
                      even, odd);
       const uint16_t* xk = op.x_bf16 + k * kNf4BlockSize;
-      for (int64_t m = 0; m < op.rows; ++m) {
-        const uint16_t* xm = xk + m * op.in;
-        float* acc = sums.data() + m * 16;
-        _mm512_storeu_ps(acc, dot_bf16(dot_bf16(_mm512_loadu_ps(acc), even, xm), odd, xm + 32));
+      for (int m = 0; m < kRows; ++m) {
+        s0[m] = dot_bf16(s0[m], even, xk + m * op.in);
+        s1[m] = dot_bf16(s1[m], odd, xk + m * op.in + 32);
       }
     }
-    for (int64_t m = 0; m < op.rows; ++m)
-      op.y[m * op.out + o] = _mm512_reduce_add_ps(_mm512_loadu_ps(sums.data() + m * 16));
+    for (int m = 0; m < kRows; ++m)
+      op.y[m * op.out + o] = _mm512_reduce_add_ps(_mm512_add_ps(s0[m], s1[m]));
   }
 }
+
+// The AVX-512 codes' products of 1-8 rows (a one-row product of a longer x takes the multi-row
+// code too, so that a row's sum never depends on how x was split).
+using RowsProduct = void (*)(const Operands&, int64_t, int64_t);
+template <template <int> class Code>
+RowsProduct rows_product(int64_t rows) {
+  static constexpr RowsProduct kByRows[] = {Code<1>::run, Code<2>::run, Code<3>::run, Code<4>::run,
+                                            Code<5>::run, Code<6>::run, Code<7>::run, Code<8>::run};
+  return kByRows[rows - 1];
+}
+template <int kRows>
+struct Avx512Rows {
+  static void run(const Operands& op, int64_t b, int64_t e) {
+    product_rows_avx512<kRows>(op, b, e);
+  }
+};
+template <int kRows>
+struct Bf16Rows {
+  static void run(const Operands& op, int64_t b, int64_t e) { product_rows_bf16<kRows>(op, b, e); }
+};
 
 }  // namespace
 
@@ -383,16 +402,27 @@ void product_cpu(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor
   // about 64K weights a task: enough to amortize a task, small enough to balance 2-16 threads
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / in);
   at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
-    const bool one = rows == 1;
-    switch (code) {
-      case CpuCode::kAvx512Bf16:
-        one ? product_one_row_bf16(op, begin, end) : product_rows_bf16(op, begin, end);
-        break;
-      case CpuCode::kAvx512:
-        one ? product_one_row_avx512(op, begin, end) : product_rows_avx512(op, begin, end);
-        break;
-      default:
-        one ? product_one_row_avx2(op, begin, end) : product_rows_avx2(op, begin, end);
+    if (code == CpuCode::kAvx2) {
+      rows == 1 ? product_one_row_avx2(op, begin, end) : product_rows_avx2(op, begin, end);
+      return;
+    }
+    const bool bf16 = code == CpuCode::kAvx512Bf16;
+    if (rows == 1) {
+      bf16 ? product_one_row_bf16(op, begin, end) : product_one_row_avx512(op, begin, end);
+      return;
+    }
+    // eight rows at a time, each group's sums in registers
+    for (int64_t first = 0; first < rows; first += 8) {
+      Operands group = op;
+      group.rows = std::min<int64_t>(8, rows - first);
+      if (bf16) {
+        group.x_bf16 = op.x_bf16 + first * in;
+      } else {
+        group.x = op.x + first * in;
+      }
+      group.y = op.y + first * out;
+      (bf16 ? rows_product<Bf16Rows>(group.rows) : rows_product<Avx512Rows>(group.rows))(
+          group, begin, end);
     }
   });
 }

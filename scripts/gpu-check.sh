@@ -28,23 +28,33 @@ die() {
 }
 
 dev_packages=(libyaml-cpp-dev libsentencepiece-dev libre2-dev nlohmann-json3-dev libgtest-dev
-  libgmock-dev libbenchmark-dev libopenmpi-dev pkgconf cmake cmake-data ninja-build)
+  libgmock-dev libbenchmark-dev libopenmpi-dev pkgconf pkgconf-bin libpkgconf3 cmake cmake-data
+  ninja-build)
 
 # --download-debs DIR: the -dev packages above, plus every Debian package owning a shared library
 # that build/gemma-train or build/tests/gemma_tests loads from the system (outside LibTorch's
 # wheel and the C runtime every machine has).
 download_debs() {
   local dir=$1
-  [ -x build/gemma-train ] && [ -x build/tests/gemma_tests ] ||
+  [ -x build/gemma-train ] && [ -x build/tests/gemma_tests ] && [ -x build/bench/nf4_bench ] ||
     die "--download-debs reads the libraries of build/gemma-train: run scripts/setup.sh first"
   command -v apt-get >/dev/null || die "--download-debs needs apt-get (Debian 12)"
   mkdir -p "$dir"
   local libs pkgs=("${dev_packages[@]}")
-  libs=$(ldd build/gemma-train build/tests/gemma_tests | awk '/=> \//{print $3}' | sort -u |
+  libs=$(ldd build/gemma-train build/tests/gemma_tests build/bench/nf4_bench | awk '/=> \//{print $3}' | sort -u |
     grep -v -e '/site-packages/' -e '/libc\.so' -e '/libm\.so' -e '/libgcc_s' -e '/libstdc++' \
       -e '/ld-linux' -e '/libdl\.so' -e '/librt\.so' -e '/libpthread' || true)
+  # dpkg knows a file by the path its package installed (/lib or /usr/lib: usrmerge)
+  owner_of() {
+    local real candidate
+    real=$(readlink -f "$1")
+    for candidate in "$1" "$real" "${real#/usr}" "/usr$real"; do
+      dpkg -S "$candidate" 2>/dev/null | head -1 | cut -d: -f1 && return 0
+    done
+    log "no Debian package owns $1 (left out)"
+  }
   for lib in $libs; do
-    pkgs+=("$(dpkg -S "$(readlink -f "$lib")" 2>/dev/null | head -1 | cut -d: -f1)")
+    pkgs+=("$(owner_of "$lib" || true)")
   done
   # cmake's own libraries, for a machine without cmake
   pkgs+=(libjsoncpp25 librhash0 libuv1 libarchive13 libcurl4 libnghttp2-14 librtmp1 libssh2-1
@@ -52,7 +62,9 @@ download_debs() {
     libunistring2 libtasn1-6 libp11-kit0 libffi8 libgmp10 libxml2 libicu72 liblzma5 libzstd1
     libbz2-1.0 liblz4-1 libacl1 libexpat1 libkrb5-3 libk5crypto3 libkrb5support0 libgssapi-krb5-2
     libcom-err2 libkeyutils1 libssl3)
-  mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | grep -v '^$' | sort -u)
+  # never the C runtime: the GPU machine's own must stay the only one
+  mapfile -t pkgs < <(printf '%s\n' "${pkgs[@]}" | grep -v -x -e '' -e libc6 -e libgcc-s1 -e 'libstdc++6' |
+    sort -u)
   (cd "$dir" && apt-get download -q "${pkgs[@]}" >/dev/null) || die "apt-get download failed"
   log "$(ls "$dir"/*.deb | wc -l) packages, $(du -sh "$dir" | cut -f1) in $dir"
 }
@@ -108,7 +120,7 @@ log "torch $torch_version (CUDA $torch_cuda), GPU: $gpu_name ($gpu_bytes bytes),
 device=cuda
 if $cpu_smoke; then
   device=cpu
-  [ "$models" = "e2b,e4b" ] && models=tiny-e2b
+  [ "$models" = "e2b,e4b" ] && models=demo
   [ "$seq" = 2048 ] && seq=256
   log "--cpu-smoke: $models at $seq tokens on the CPU; CUDA tests may skip"
 else
@@ -130,8 +142,8 @@ if [ -n "$debs" ]; then
     fi
   done
   # .pc files and some CMake configs name /usr: point them at the prefix
-  grep -rlZ '^prefix=/usr' "$prefix"/usr/lib/x86_64-linux-gnu/pkgconfig "$prefix"/usr/share/pkgconfig \
-    2>/dev/null | xargs -0 -r sed -i "s#^prefix=/usr#prefix=$prefix/usr#"
+  find "$prefix"/usr/lib/x86_64-linux-gnu/pkgconfig "$prefix"/usr/share/pkgconfig -name '*.pc' \
+    -print0 2>/dev/null | xargs -0 -r sed -i "s#\([= ]\)/usr/#\1$prefix/usr/#g; s#^prefix=/usr\$#prefix=$prefix/usr#"
   export PATH=$prefix/usr/bin:$PATH
   export LD_LIBRARY_PATH=$prefix/usr/lib/x86_64-linux-gnu:$prefix/usr/lib/x86_64-linux-gnu/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export PKG_CONFIG_PATH=$prefix/usr/lib/x86_64-linux-gnu/pkgconfig:$prefix/usr/share/pkgconfig
@@ -206,7 +218,7 @@ for name in ${models//,/ }; do
     >"$work/init-$name.log" 2>&1 || die "init $name (log: $work/init-$name.log)"
   cp "$root"/configs/tokenizer/tokenizer.json "$root"/configs/tokenizer/tokenizer_config.json "$model/"
   sets=(--set "model.name_or_path=$model" --set "data.train_files=$work/data.jsonl"
-    --set data.eval_split=0 --set training.max_steps=2 --set training.gradient_accumulation_steps=1
+    --set data.eval_split=0 --set training.eval_strategy=no --set training.max_steps=2 --set training.gradient_accumulation_steps=1
     --set "training.max_length=$seq" --set training.packing=false --set training.logging_steps=1
     --set training.save_steps=1000 --set training.report_to=none --set export.merged=false
     --set "training.output_dir=$work/run-$name" --set training.overwrite_output_dir=true
@@ -229,11 +241,11 @@ rows = []
 for name in names:
     plan = json.load(open(f"{work}/plan-{name}.json"))
     metrics = [json.loads(l) for l in open(f"{work}/run-{name}/metrics.jsonl")]
-    final = next(m for m in reversed(metrics) if "peak_memory_bytes" in m)
-    steps = [m for m in metrics if "loss" in m and "train_runtime" not in m]
+    steps = [m for m in metrics if "peak_memory_bytes" in m]
+    summary = next(m for m in metrics if "train_runtime" in m)
     rows.append(dict(model=name, seq=seq, predicted_peak_bytes=plan["device_peak_bytes"],
-                     measured_peak_bytes=final["peak_memory_bytes"],
-                     train_runtime_s=final.get("train_runtime"),
+                     measured_peak_bytes=max(m["peak_memory_bytes"] for m in steps),
+                     train_runtime_s=summary["train_runtime"],
                      losses=[m["loss"] for m in steps]))
 gib = 1024 ** 3
 print(f"GPU {gpu}, torch {torch_version}; CUDA tests: {tests} passed")
@@ -241,7 +253,7 @@ print(f"{'model':6} {'tokens':>6} {'planned GiB':>12} {'measured GiB':>13} {'mea
 for r in rows:
     print(f"{r['model']:6} {r['seq']:6d} {r['predicted_peak_bytes'] / gib:12.2f} "
           f"{r['measured_peak_bytes'] / gib:13.2f} {r['measured_peak_bytes'] / r['predicted_peak_bytes']:14.3f} "
-          f"{r['train_runtime_s'] or 0:10.1f}")
+          f"{r['train_runtime_s']:10.1f}")
 json.dump(dict(gpu=gpu, torch=torch_version, cuda_tests_passed=tests, runs=rows),
           open(f"{work}/results.json", "w"), indent=1)
 PY
