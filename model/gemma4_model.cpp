@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "kernels/bf16_matvec.h"
 #include "model/activation_checkpointing.h"
 #include "model/attention_mask.h"
 #include "model/rotary_embedding.h"
@@ -152,7 +153,7 @@ const torch::Tensor& Gemma4ForCausalLMImpl::lm_head_weight() const {
 }
 
 torch::Tensor Gemma4ForCausalLMImpl::logits(const torch::Tensor& hidden) {
-  torch::Tensor out = torch::nn::functional::linear(hidden, lm_head_weight());
+  torch::Tensor out = few_rows_linear(hidden, lm_head_weight());
   if (const auto& cap = config().final_logit_softcapping) out = torch::tanh(out / *cap) * *cap;
   return out;
 }

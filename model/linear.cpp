@@ -1,5 +1,6 @@
 #include "model/linear.h"
 
+#include "kernels/bf16_matvec.h"
 #include "kernels/nf4_matmul.h"
 
 namespace gemma {
@@ -22,7 +23,7 @@ torch::Tensor LinearImpl::dense_weight(torch::ScalarType dtype) const {
 torch::Device LinearImpl::device() const { return nf4_ ? nf4_->packed.device() : weight.device(); }
 
 torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) const {
-  return nf4_ ? nf4_linear(x, *nf4_) : torch::nn::functional::linear(x, weight);
+  return nf4_ ? nf4_linear(x, *nf4_) : few_rows_linear(x, weight);
 }
 
 void LinearImpl::attach_adapter(std::shared_ptr<LinearAdapterImpl> adapter) {
