@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
@@ -327,12 +328,19 @@ bool nf4_fused_matmul_applies(const torch::Tensor& x, const Nf4Weight& w, int64_
 namespace {
 
 #ifdef GEMMA_WITH_CUDA
-void product_cuda(const torch::Tensor& xf, const Nf4Weight& w, const torch::Tensor& y) {
+// The kernel reads x as float4 and the codes as 32-bit words: a view that starts elsewhere (a
+// slice of a larger tensor) is copied first.
+torch::Tensor aligned_to(const torch::Tensor& t, uintptr_t alignment) {
+  return reinterpret_cast<uintptr_t>(t.data_ptr()) % alignment == 0 ? t : t.clone();
+}
+
+void product_cuda(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& y) {
+  const torch::Tensor xf = aligned_to(x, 16);
   const torch::Tensor codes = w.absmax_codes.contiguous();
   const torch::Tensor map = w.nested_quant_map.to(torch::kFloat32).contiguous();
   const torch::Tensor nested = w.nested_absmax.to(torch::kFloat32).contiguous();
   const torch::Tensor lut = w.quant_map.to(torch::kFloat32).contiguous();
-  const torch::Tensor packed = w.packed.contiguous();
+  const torch::Tensor packed = aligned_to(w.packed.contiguous(), 4);
   const cuda::Nf4FusedOperands op{packed.data_ptr<uint8_t>(),
                                   codes.data_ptr<uint8_t>(),
                                   map.data_ptr<float>(),
