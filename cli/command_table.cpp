@@ -47,6 +47,10 @@ FlagSpec attn_implementation_flag() {
   return {"attn-implementation", "sdpa|eager", "sdpa",
           "attention: LibTorch's fused kernel, or the eager reference (transformers' names)"};
 }
+FlagSpec no_step_decoder_flag() {
+  return {"no-step-decoder", "", "",
+          "decode each token through the LibTorch forward (the step decoder's reference; slower)"};
+}
 FlagSpec shard_size_flag() {
   return {"shard-size", "SIZE", "5GB",
           "largest safetensors shard (5GB, 500MB; a plain number is MB); more get an index"};
@@ -212,6 +216,7 @@ std::vector<CommandSpec> make_table() {
                                     {"ids", "", "", "print token ids instead of text"},
                                     {"thinking", "", "", "enable thinking in the template"},
                                     {"no-cache", "", "", "recompute the whole sequence every step"},
+                                    no_step_decoder_flag(),
                                     adapter_flag(),
                                     load_in_4bit_flag(),
                                     compute_dtype_flag(),
@@ -219,12 +224,13 @@ std::vector<CommandSpec> make_table() {
                                     attn_implementation_flag()}),
        run_generate_command},
       {"chat", "an interactive conversation (the KV cache is kept between turns)", "",
-       concat({model_flag(),
-               {"system", "TEXT", "", "a system message"},
-               {"thinking", "", "", "enable thinking in the template"}},
-              sampling_flags(),
-              std::vector<FlagSpec>{adapter_flag(), load_in_4bit_flag(), compute_dtype_flag(),
-                                    device_flag(), attn_implementation_flag()}),
+       concat(
+           {model_flag(),
+            {"system", "TEXT", "", "a system message"},
+            {"thinking", "", "", "enable thinking in the template"}},
+           sampling_flags(),
+           std::vector<FlagSpec>{no_step_decoder_flag(), adapter_flag(), load_in_4bit_flag(),
+                                 compute_dtype_flag(), device_flag(), attn_implementation_flag()}),
        run_chat_command},
       {"tokenize",
        "print token ids of a text or of a rendered conversation",

@@ -169,6 +169,7 @@ GenerationOptions generation_options(const CliFlags& flags, const TextModel& m) 
   if (g.sampling.top_p <= 0 || g.sampling.top_p > 1) throw InputError("--top-p must be in (0, 1]");
   g.stop_ids = m.stop_ids;
   g.use_cache = !flags.has("no-cache");
+  g.step_decoder = !flags.has("no-step-decoder");
   return g;
 }
 

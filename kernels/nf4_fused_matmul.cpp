@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/nf4_cpu_simd.h"
+#include "kernels/rows_product.h"
 
 #ifdef GEMMA_WITH_CUDA
 #include <c10/cuda/CUDAException.h>
@@ -360,27 +361,13 @@ void product_cuda(const torch::Tensor& x, const Nf4Weight& w, const torch::Tenso
 }
 #endif
 
-// The CPU codes, slowest first; each needs the instruction sets of those before it.
-enum class CpuCode { kAvx2, kAvx512, kAvx512Bf16 };
-constexpr const char* kCpuCodeNames[] = {"avx2", "avx512", "avx512_bf16"};
-
-std::vector<CpuCode> cpu_codes_here() {
-  std::vector<CpuCode> codes;
-  if (nf4_simd::kIsa == nf4_simd::Isa::kScalar) return codes;
-  codes.push_back(CpuCode::kAvx2);
-  if (nf4_simd::kIsa != nf4_simd::Isa::kAvx512) return codes;
-  codes.push_back(CpuCode::kAvx512);
-  if (__builtin_cpu_supports("avx512bf16")) codes.push_back(CpuCode::kAvx512Bf16);
-  return codes;
-}
-
 // x [rows, in] as the code reads it: float32, or bf16 for the bf16 code; for the AVX-512 codes
 // each group of 2g elements (g = 16 for float32, 32 for bf16) as its g even elements, then its g
 // odd ones.
-torch::Tensor x_for(CpuCode code, const torch::Tensor& x) {
+torch::Tensor x_for(RowsCode code, const torch::Tensor& x) {
   const int64_t rows = x.size(0), in = x.size(1);
-  if (code == CpuCode::kAvx2) return x.to(torch::kFloat32).contiguous();
-  const bool bf16 = code == CpuCode::kAvx512Bf16;
+  if (code == RowsCode::kAvx2) return x.to(torch::kFloat32).contiguous();
+  const bool bf16 = code == RowsCode::kAvx512Bf16;
   const int64_t g = bf16 ? 32 : 16;
   return x.to(bf16 ? torch::kBFloat16 : torch::kFloat32)
       .reshape({rows, in / (2 * g), g, 2})
@@ -389,58 +376,96 @@ torch::Tensor x_for(CpuCode code, const torch::Tensor& x) {
       .view({rows, in});
 }
 
-void product_cpu(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& y, CpuCode code) {
+void product_cpu(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor& y,
+                 RowsCode code) {
   const int64_t in = w.shape[1], out = w.shape[0], rows = x.size(0);
-  const bool bf16_code = code == CpuCode::kAvx512Bf16;
-  const torch::Tensor codes = w.absmax_codes.contiguous();
-  const torch::Tensor map = w.nested_quant_map.to(torch::kFloat32).contiguous();
-  const torch::Tensor nested = w.nested_absmax.to(torch::kFloat32).contiguous();
-  const torch::Tensor lut = w.quant_map.to(torch::kFloat32).contiguous();
-  const Operands op{
-      w.packed.data_ptr<uint8_t>(),
-      {codes.data_ptr<uint8_t>(), map.data_ptr<float>(), nested.data_ptr<float>(), w.offset},
-      lut.data_ptr<float>(),
-      w.dtype == torch::kBFloat16,
-      bf16_code ? nullptr : x.data_ptr<float>(),
-      bf16_code ? reinterpret_cast<const uint16_t*>(x.data_ptr()) : nullptr,
-      rows,
-      in,
-      out,
-      y.data_ptr<float>()};
+  std::vector<torch::Tensor> keep;
+  const Nf4RowsWeight weight = nf4_rows_weight(
+      w, /*bf16_compute=*/x.scalar_type() == torch::kBFloat16 || code == RowsCode::kAvx512Bf16,
+      &keep);
+  RowsInput input;
+  input.rows = rows;
+  input.in = in;
+  switch (code) {
+    case RowsCode::kAvx2:
+      input.f32 = x.data_ptr<float>();
+      break;
+    case RowsCode::kAvx512:
+      input.f32_pairs = x.data_ptr<float>();
+      break;
+    case RowsCode::kAvx512Bf16:
+      input.bf16_pairs = reinterpret_cast<const uint16_t*>(x.data_ptr());
+      break;
+  }
+  float* yp = y.data_ptr<float>();
   // about 64K weights a task: enough to amortize a task, small enough to balance 2-16 threads
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / in);
   at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
-    if (code == CpuCode::kAvx2) {
-      rows == 1 ? product_one_row_avx2(op, begin, end) : product_rows_avx2(op, begin, end);
-      return;
-    }
-    const bool bf16 = code == CpuCode::kAvx512Bf16;
-    if (rows == 1) {
-      bf16 ? product_one_row_bf16(op, begin, end) : product_one_row_avx512(op, begin, end);
-      return;
-    }
-    // eight rows at a time, each group's sums in registers
-    for (int64_t first = 0; first < rows; first += 8) {
-      Operands group = op;
-      group.rows = std::min<int64_t>(8, rows - first);
-      if (bf16) {
-        group.x_bf16 = op.x_bf16 + first * in;
-      } else {
-        group.x = op.x + first * in;
-      }
-      group.y = op.y + first * out;
-      (bf16 ? rows_product<Bf16Rows>(group.rows) : rows_product<Avx512Rows>(group.rows))(
-          group, begin, end);
-    }
+    nf4_rows_product(weight, in, out, input, code, yp, begin, end);
   });
 }
 
 }  // namespace
 
+Nf4RowsWeight nf4_rows_weight(const Nf4Weight& w, bool bf16_compute,
+                              std::vector<torch::Tensor>* keep_alive) {
+  const torch::Tensor codes = w.absmax_codes.contiguous();
+  const torch::Tensor map = w.nested_quant_map.to(torch::kFloat32).contiguous();
+  const torch::Tensor nested = w.nested_absmax.to(torch::kFloat32).contiguous();
+  const torch::Tensor lut = w.quant_map.to(torch::kFloat32).contiguous();
+  const torch::Tensor packed = w.packed.contiguous();
+  Nf4RowsWeight r;
+  r.packed = packed.data_ptr<uint8_t>();
+  r.absmax_codes = codes.data_ptr<uint8_t>();
+  r.nested_quant_map = map.data_ptr<float>();
+  r.nested_absmax = nested.data_ptr<float>();
+  r.offset = w.offset;
+  r.quant_map = lut.data_ptr<float>();
+  r.bf16_values = w.dtype == torch::kBFloat16 || bf16_compute;
+  for (const torch::Tensor& t : {codes, map, nested, lut, packed}) keep_alive->push_back(t);
+  return r;
+}
+
+void nf4_rows_product(const Nf4RowsWeight& w, int64_t in, int64_t out, const RowsInput& x,
+                      RowsCode code, float* y, int64_t begin, int64_t end) {
+  Operands op{w.packed,    {w.absmax_codes, w.nested_quant_map, w.nested_absmax, w.offset},
+              w.quant_map, w.bf16_values,
+              nullptr,     nullptr,
+              x.rows,      in,
+              out,         y};
+  if (code == RowsCode::kAvx2) {
+    op.x = x.f32;
+    x.rows == 1 ? product_one_row_avx2(op, begin, end) : product_rows_avx2(op, begin, end);
+    return;
+  }
+  const bool bf16 = code == RowsCode::kAvx512Bf16;
+  if (bf16) {
+    op.x_bf16 = x.bf16_pairs;
+  } else {
+    op.x = x.f32_pairs;
+  }
+  if (x.rows == 1) {
+    bf16 ? product_one_row_bf16(op, begin, end) : product_one_row_avx512(op, begin, end);
+    return;
+  }
+  // eight rows at a time, each group's sums in registers
+  for (int64_t first = 0; first < x.rows; first += 8) {
+    Operands group = op;
+    group.rows = std::min<int64_t>(8, x.rows - first);
+    if (bf16) {
+      group.x_bf16 = op.x_bf16 + first * in;
+    } else {
+      group.x = op.x + first * in;
+    }
+    group.y = op.y + first * out;
+    (bf16 ? rows_product<Bf16Rows>(group.rows) : rows_product<Avx512Rows>(group.rows))(group, begin,
+                                                                                       end);
+  }
+}
+
 std::vector<std::string> nf4_fused_matmul_cpu_isas() {
   std::vector<std::string> names;
-  for (const CpuCode code : cpu_codes_here())
-    names.emplace_back(kCpuCodeNames[static_cast<int>(code)]);
+  for (const RowsCode code : rows_codes_here()) names.emplace_back(rows_code_name(code));
   return names;
 }
 
@@ -454,19 +479,19 @@ torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w, const
   if (x.is_cuda()) product_cuda(x.reshape({rows, in}).to(torch::kFloat32).contiguous(), w, y);
 #endif
   if (x.device().is_cpu()) {
-    const std::vector<CpuCode> here = cpu_codes_here();
+    const std::vector<RowsCode> here = rows_codes_here();
     // the best code here; the bf16 one only for bf16 inputs (it multiplies bf16 pairs)
-    CpuCode code = here.back();
-    if (code == CpuCode::kAvx512Bf16 && x.scalar_type() != torch::kBFloat16)
-      code = CpuCode::kAvx512;
+    RowsCode code = here.back();
+    if (code == RowsCode::kAvx512Bf16 && x.scalar_type() != torch::kBFloat16)
+      code = RowsCode::kAvx512;
     if (isa != nullptr) {
-      const auto named = std::find_if(here.begin(), here.end(), [&](CpuCode c) {
-        return std::string(kCpuCodeNames[static_cast<int>(c)]) == isa;
+      const auto named = std::find_if(here.begin(), here.end(), [&](RowsCode c) {
+        return std::string(rows_code_name(c)) == isa;
       });
       TORCH_CHECK(named != here.end(), "nf4_fused_matmul: this CPU does not run the ", isa,
                   " code");
       code = *named;
-      TORCH_CHECK(code != CpuCode::kAvx512Bf16 || x.scalar_type() == torch::kBFloat16,
+      TORCH_CHECK(code != RowsCode::kAvx512Bf16 || x.scalar_type() == torch::kBFloat16,
                   "nf4_fused_matmul: the avx512_bf16 code takes bf16 inputs");
     }
     product_cpu(x_for(code, x.reshape({rows, in})), w, y, code);

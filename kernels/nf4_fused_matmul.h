@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "kernels/nf4.h"
+#include "kernels/rows_product.h"
 
 namespace gemma {
 
@@ -29,15 +30,20 @@ bool nf4_fused_matmul_applies(const torch::Tensor& x, const Nf4Weight& w,
                               int64_t max_rows = kNf4FusedMaxRows);
 
 // x [..., in] -> [..., out] in x's dtype, no autograd; any number of rows. The weight takes the
-// values dequantization gives (bf16-rounded for a bf16 weight); products accumulate in float32, so
-// the result equals linear(x, dequantize_nf4_as(w, x.dtype)) to float32 rounding. (The CPU's
-// AVX512_BF16 code, for bf16 x, multiplies bf16 pairs: an f32 weight is rounded to bf16 first, as
-// dequantize_nf4_as(w, bf16) rounds it; the other codes keep an f32 weight's values.)
+// values dequantize_nf4_as(w, x.dtype) gives (bf16-rounded for a bf16 weight, and for any weight
+// multiplied with bf16 x); products accumulate in float32, so the result equals
+// linear(x, dequantize_nf4_as(w, x.dtype)) to float32 rounding.
 // `isa` picks the CPU code for tests and benchmarks ("avx2", "avx512" or "avx512_bf16", which must
 // run here); null: the best this CPU has for x's dtype.
 torch::Tensor nf4_fused_matmul(const torch::Tensor& x, const Nf4Weight& w,
                                const char* isa = nullptr);
 // The CPU codes this CPU runs, slowest first: a prefix of {"avx2", "avx512", "avx512_bf16"}.
 std::vector<std::string> nf4_fused_matmul_cpu_isas();
+
+// `w` as rows_product reads it (kernels/rows_product.h); the float32 copies of its tables are
+// appended to `keep_alive`, which must outlive the view. `bf16_compute`: block values rounded to
+// bf16 even for an f32 weight (as dequantize_nf4_as(w, bf16) rounds them).
+Nf4RowsWeight nf4_rows_weight(const Nf4Weight& w, bool bf16_compute,
+                              std::vector<torch::Tensor>* keep_alive);
 
 }  // namespace gemma

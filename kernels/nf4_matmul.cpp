@@ -1,5 +1,6 @@
 #include "kernels/nf4_matmul.h"
 
+#include "kernels/bf16_linear.h"
 #include "kernels/nf4_fused_matmul.h"
 
 namespace gemma {
@@ -13,6 +14,7 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
  public:
   static torch::Tensor forward(AutogradContext* ctx, const torch::Tensor& x, const Nf4Weight* w) {
     ctx->saved_data["weight"] = reinterpret_cast<int64_t>(w);
+    if (bf16_products_through_f32(x)) return nf4_bf16_linear_through_f32(x, *w);
     return torch::nn::functional::linear(x, dequantize_nf4_as(*w, x.scalar_type()));
   }
 
@@ -21,6 +23,8 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
     const auto* w = reinterpret_cast<const Nf4Weight*>(  // NOLINT(performance-no-int-to-ptr)
         ctx->saved_data["weight"].toInt());
     const torch::Tensor& grad_y = grads[0];
+    if (bf16_products_through_f32(grad_y))
+      return {nf4_bf16_input_grad_through_f32(grad_y, *w), torch::Tensor()};
     return {torch::matmul(grad_y, dequantize_nf4_as(*w, grad_y.scalar_type())), torch::Tensor()};
   }
 };
@@ -43,6 +47,7 @@ torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w) {
     torch::NoGradGuard no_grad;
     // a few rows (decoding): the weight dequantized in registers, never as a dense tensor
     if (nf4_fused_matmul_applies(x, w)) return nf4_fused_matmul(x, w);
+    if (bf16_products_through_f32(x)) return nf4_bf16_linear_through_f32(x, w);
     return torch::nn::functional::linear(x, dequantize_nf4_as(w, x.scalar_type()));
   }
   return Nf4LinearFunction::apply(x, &w);

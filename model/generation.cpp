@@ -8,6 +8,7 @@
 
 #include "io/bounded_json.h"
 #include "io/input_error.h"
+#include "model/gemma4_step_decoder.h"
 
 namespace gemma {
 
@@ -109,7 +110,12 @@ GenerationResult generate(Gemma4ForCausalLM& model,
     cache = own_cache.get();
   }
 
+  std::unique_ptr<Gemma4StepDecoder> step_decoder;
+  if (cache != nullptr && options.step_decoder && !Gemma4StepDecoder::unsupported_reason(model))
+    step_decoder = std::make_unique<Gemma4StepDecoder>(model);
+
   GenerationResult result;
+  result.used_step_decoder = step_decoder != nullptr;
   result.tokens.resize(prompts.size());
   result.finish_reason.assign(prompts.size(), "length");
   std::vector<bool> done(prompts.size(), false);
@@ -142,7 +148,12 @@ GenerationResult generate(Gemma4ForCausalLM& model,
     positions = positions.narrow(1, positions.size(1) - 1, 1) + 1;
     const torch::Tensor step_ids = next.view({B, 1});
     const torch::Tensor step_mask = torch::ones({B, 1}, torch::kInt64);
-    if (cache != nullptr) {
+    if (step_decoder) {
+      const torch::Tensor ids_now = step_ids.contiguous(), pos_now = positions.contiguous();
+      logits = step_decoder->step({ids_now.data_ptr<int64_t>(), ids_now.data_ptr<int64_t>() + B},
+                                  {pos_now.data_ptr<int64_t>(), pos_now.data_ptr<int64_t>() + B},
+                                  *cache);
+    } else if (cache != nullptr) {
       logits = last_logits(model, {step_ids.to(device), step_mask.to(device), positions.to(device)},
                            cache);
     } else {

@@ -40,11 +40,15 @@ struct GenerationOptions {
   SamplingOptions sampling;
   std::vector<int64_t> stop_ids;
   bool use_cache = true;  // false: recompute the whole sequence every step (a test oracle)
+  // Decode through Gemma4StepDecoder where the model allows it (model/gemma4_step_decoder.h);
+  // false: every step through the LibTorch forward (its reference).
+  bool step_decoder = true;
 };
 
 struct GenerationResult {
   std::vector<std::vector<int64_t>> tokens;  // per prompt, stop id included when one was hit
   std::vector<std::string> finish_reason;    // "stop" or "length"
+  bool used_step_decoder = false;
   int64_t prefill_tokens = 0;
   int64_t decode_tokens = 0;
   double prefill_seconds = 0;

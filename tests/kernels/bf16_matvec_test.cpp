@@ -15,10 +15,10 @@ bool kernel_runs_here() {
 }
 
 TEST(Bf16Matvec, EqualsTheExactProductToRounding) {
-  if (!kernel_runs_here()) GTEST_SKIP() << "no AVX512_BF16 on this CPU: LibTorch's linear is used";
+  if (!kernel_runs_here()) GTEST_SKIP() << "no AVX2 on this CPU: LibTorch's linear is used";
   auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
-  const std::vector<std::pair<int64_t, int64_t>> shapes = {{1, 32},    {3, 64},     {67, 96},
-                                                           {130, 768}, {257, 1056}, {33, 4096}};
+  const std::vector<std::pair<int64_t, int64_t>> shapes = {
+      {1, 32}, {3, 64}, {67, 96}, {130, 768}, {257, 1056}, {33, 4096}, {9, 40}};
   for (const auto& [out, in] : shapes) {
     const torch::Tensor w = (torch::randn({out, in}, gen) * 0.05).to(torch::kBFloat16);
     for (const int64_t rows : {int64_t{1}, int64_t{2}, int64_t{5}, int64_t{8}, int64_t{37}}) {
@@ -41,7 +41,7 @@ TEST(Bf16Matvec, EqualsTheExactProductToRounding) {
 }
 
 TEST(Bf16Matvec, KeepsLeadingDimsAndIgnoresTheThreadCount) {
-  if (!kernel_runs_here()) GTEST_SKIP() << "no AVX512_BF16 on this CPU";
+  if (!kernel_runs_here()) GTEST_SKIP() << "no AVX2 on this CPU";
   auto gen = at::make_generator<at::CPUGeneratorImpl>(12);
   const torch::Tensor w = torch::randn({301, 512}, gen).to(torch::kBFloat16);
   const torch::Tensor x = torch::randn({2, 3, 512}, gen).to(torch::kBFloat16);
@@ -64,13 +64,11 @@ TEST(Bf16Matvec, FewRowsLinearUsesItOnlyWhereItApplies) {
   if (kernel_runs_here()) {
     EXPECT_TRUE(torch::equal(few_rows_linear(few, w), bf16_matvec(few, w)));
   }
-  // more rows, other dtypes, widths that are not whole steps: LibTorch's linear
+  // more rows, other dtypes: LibTorch's linear
   const torch::Tensor many = torch::randn({kBf16MatvecMaxRows + 1, 256}, gen).to(torch::kBFloat16);
   EXPECT_FALSE(bf16_matvec_applies(many, w));
   EXPECT_TRUE(torch::equal(few_rows_linear(many, w), torch::nn::functional::linear(many, w)));
   EXPECT_FALSE(bf16_matvec_applies(few.to(torch::kFloat32), w.to(torch::kFloat32)));
-  const torch::Tensor ragged = torch::randn({5, 40}, gen).to(torch::kBFloat16);
-  EXPECT_FALSE(bf16_matvec_applies(torch::randn({1, 40}, gen).to(torch::kBFloat16), ragged));
   // autograd: a product that must be differentiated stays with LibTorch
   const torch::Tensor x = few.clone().requires_grad_(true);
   EXPECT_FALSE(bf16_matvec_applies(x, w));

@@ -60,13 +60,20 @@ TEST(Gemma4Model, SlidingCacheKeepsOnlyTheWindow) {
   const Gemma4Config c = bundled_config("tiny-e2b");
   Gemma4ForCausalLM model = random_model(c, 1);
   KvCache cache(c);
-  forward(model, random_ids(1, 20, c.vocab_size, 1), &cache);
+  forward(model, random_ids(1, 200, c.vocab_size, 1), &cache);
   EXPECT_EQ(cache.kept_tokens(LayerType::kSliding), c.sliding_window - 1);
-  EXPECT_EQ(cache.kept_tokens(LayerType::kFull), 20);
-  // 4 non-shared layers (3 sliding, 1 full) hold K and V; the 2 shared layers hold nothing.
+  EXPECT_EQ(cache.kept_tokens(LayerType::kFull), 200);
+  // 4 non-shared layers (3 sliding, 1 full) hold K and V; the 2 shared layers hold nothing. A
+  // sliding layer's buffer has room for two windows whatever the prompt's length; a full layer's
+  // for up to twice the tokens seen.
   const int64_t per_token = int64_t{2} * 2 * 16 * 4;  // K+V, 2 KV heads, head_dim 16, f32
   const int64_t full_per_token = int64_t{2} * 2 * 32 * 4;
-  EXPECT_EQ(cache.nbytes(), 3 * (c.sliding_window - 1) * per_token + 20 * full_per_token);
+  for (int layer : {0, 1, 2}) EXPECT_EQ(cache.entry(layer).length, c.sliding_window - 1);
+  EXPECT_EQ(cache.entry(3).length, 200);
+  EXPECT_EQ(cache.nbytes(), 3 * 2 * c.sliding_window * per_token + 2 * 200 * full_per_token);
+  for (int step = 0; step < 3 * c.sliding_window; ++step)
+    forward(model, random_ids(1, 1, c.vocab_size, 2 + step), &cache);
+  EXPECT_EQ(cache.nbytes(), 3 * 2 * c.sliding_window * per_token + 2 * 200 * full_per_token);
 }
 
 // The mask against a direct loop over (query, key).

@@ -1,0 +1,230 @@
+// The dense codes of rows_product (float32 and bf16 weights), the activations' derived forms and
+// the dispatch by storage format. The NF4 codes live in nf4_fused_matmul.cpp.
+#include "kernels/rows_product.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+
+#include "kernels/nf4_cpu_simd.h"
+
+namespace gemma {
+
+namespace {
+
+using nf4_simd::float_to_bf16;
+
+__attribute__((target("avx2,fma"))) inline float horizontal_sum(__m256 a, __m256 b) {
+  const __m256 s = _mm256_add_ps(a, b);
+  __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v);
+}
+
+// 8 bf16 values widened to float32 (exact: the bits move to the upper half).
+__attribute__((target("avx2,fma"))) inline __m256 load_bf16x8(const uint16_t* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+// A weight row's 8 values at k as float32, for either dense format.
+template <typename W>
+__attribute__((target("avx2,fma"))) inline __m256 load_weights8(const W* w);
+template <>
+__attribute__((target("avx2,fma"))) inline __m256 load_weights8<float>(const float* w) {
+  return _mm256_loadu_ps(w);
+}
+template <>
+__attribute__((target("avx2,fma"))) inline __m256 load_weights8<uint16_t>(const uint16_t* w) {
+  return load_bf16x8(w);
+}
+inline float weight_value(const float* w) { return *w; }
+inline float weight_value(const uint16_t* w) { return nf4_simd::bf16_to_float(*w); }
+
+// Outputs [begin, end) for kRows rows of float32 x (row stride `in`): two independent sums per
+// row, 16 weights a step, then 8, then one at a time.
+template <typename W, int kRows>
+__attribute__((target("avx2,fma"))) void dense_rows_avx2(const W* w_all, const float* x, int64_t in,
+                                                         int64_t out, float* y, int64_t begin,
+                                                         int64_t end) {
+  for (int64_t o = begin; o < end; ++o) {
+    const W* w = w_all + o * in;
+    __m256 s0[kRows], s1[kRows];
+    for (int m = 0; m < kRows; ++m) s0[m] = s1[m] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 <= in; k += 16) {
+      const __m256 w0 = load_weights8(w + k), w1 = load_weights8(w + k + 8);
+      for (int m = 0; m < kRows; ++m) {
+        s0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + k), s0[m]);
+        s1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * in + k + 8), s1[m]);
+      }
+    }
+    if (k + 8 <= in) {
+      const __m256 w0 = load_weights8(w + k);
+      for (int m = 0; m < kRows; ++m)
+        s0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + k), s0[m]);
+      k += 8;
+    }
+    for (int m = 0; m < kRows; ++m) {
+      float sum = horizontal_sum(s0[m], s1[m]);
+      for (int64_t t = k; t < in; ++t) sum += weight_value(w + t) * x[m * in + t];
+      y[m * out + o] = sum;
+    }
+  }
+}
+
+template <typename W>
+void dense_rows_avx2_all(const W* w, const float* x, int64_t rows, int64_t in, int64_t out,
+                         float* y, int64_t begin, int64_t end) {
+  using Code = void (*)(const W*, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+  static constexpr Code kByRows[] = {dense_rows_avx2<W, 1>, dense_rows_avx2<W, 2>,
+                                     dense_rows_avx2<W, 3>, dense_rows_avx2<W, 4>};
+  for (int64_t first = 0; first < rows; first += 4) {
+    const int64_t n = std::min<int64_t>(4, rows - first);
+    kByRows[n - 1](w, x + first * in, in, out, y + first * out, begin, end);
+  }
+}
+
+// AVX512_BF16: `vdpbf16ps` multiplies 32 bf16 pairs into 16 float32 sums straight from the
+// weight's bytes; two independent sums per row, 64 weights a step, a last step of 32.
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) inline __m512 dot32(__m512 acc,
+                                                                           const uint16_t* a,
+                                                                           const uint16_t* b) {
+  return _mm512_dpbf16_ps(acc, reinterpret_cast<__m512bh>(_mm512_loadu_si512(a)),
+                          reinterpret_cast<__m512bh>(_mm512_loadu_si512(b)));
+}
+
+template <int kRows>
+__attribute__((target("avx512f,avx512bw,avx512bf16"))) void bf16_rows_avx512(
+    const uint16_t* w_all, const uint16_t* x, int64_t in, int64_t out, float* y, int64_t begin,
+    int64_t end) {
+  for (int64_t o = begin; o < end; ++o) {
+    const uint16_t* w = w_all + o * in;
+    __m512 s0[kRows], s1[kRows];
+    for (int m = 0; m < kRows; ++m) s0[m] = s1[m] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= in; k += 64) {
+      for (int m = 0; m < kRows; ++m) {
+        s0[m] = dot32(s0[m], w + k, x + m * in + k);
+        s1[m] = dot32(s1[m], w + k + 32, x + m * in + k + 32);
+      }
+    }
+    if (k < in) {
+      for (int m = 0; m < kRows; ++m) s0[m] = dot32(s0[m], w + k, x + m * in + k);
+    }
+    for (int m = 0; m < kRows; ++m)
+      y[m * out + o] = _mm512_reduce_add_ps(_mm512_add_ps(s0[m], s1[m]));
+  }
+}
+
+void bf16_rows_avx512_all(const uint16_t* w, const uint16_t* x, int64_t rows, int64_t in,
+                          int64_t out, float* y, int64_t begin, int64_t end) {
+  using Code =
+      void (*)(const uint16_t*, const uint16_t*, int64_t, int64_t, float*, int64_t, int64_t);
+  static constexpr Code kByRows[] = {bf16_rows_avx512<1>, bf16_rows_avx512<2>, bf16_rows_avx512<3>,
+                                     bf16_rows_avx512<4>, bf16_rows_avx512<5>, bf16_rows_avx512<6>,
+                                     bf16_rows_avx512<7>, bf16_rows_avx512<8>};
+  for (int64_t first = 0; first < rows; first += 8) {
+    const int64_t n = std::min<int64_t>(8, rows - first);
+    kByRows[n - 1](w, x + first * in, in, out, y + first * out, begin, end);
+  }
+}
+
+}  // namespace
+
+std::vector<RowsCode> rows_codes_here() {
+  __builtin_cpu_init();
+  std::vector<RowsCode> codes;
+  if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return codes;
+  codes.push_back(RowsCode::kAvx2);
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw")) return codes;
+  codes.push_back(RowsCode::kAvx512);
+  if (__builtin_cpu_supports("avx512bf16")) codes.push_back(RowsCode::kAvx512Bf16);
+  return codes;
+}
+
+const char* rows_code_name(RowsCode code) {
+  switch (code) {
+    case RowsCode::kAvx2:
+      return "avx2";
+    case RowsCode::kAvx512:
+      return "avx512";
+    case RowsCode::kAvx512Bf16:
+      return "avx512_bf16";
+  }
+  return "?";
+}
+
+std::optional<RowsCode> best_rows_code(bool bf16_activations) {
+  static const std::vector<RowsCode> here = rows_codes_here();
+  if (here.empty()) return std::nullopt;
+  RowsCode code = here.back();
+  if (code == RowsCode::kAvx512Bf16 && !bf16_activations) code = RowsCode::kAvx512;
+  return code;
+}
+
+RowsInput RowsInputBuffer::prepare(const float* x, int64_t rows, int64_t in, RowsCode code) {
+  RowsInput r;
+  r.f32 = x;
+  r.rows = rows;
+  r.in = in;
+  const auto n = static_cast<size_t>(rows * in);
+  if (code == RowsCode::kAvx512 && in % 32 == 0) {
+    f32_pairs_.resize(n);
+    for (int64_t g = 0; g < rows * in; g += 32) {
+      for (int64_t j = 0; j < 16; ++j) {
+        f32_pairs_[g + j] = x[g + 2 * j];
+        f32_pairs_[g + 16 + j] = x[g + 2 * j + 1];
+      }
+    }
+    r.f32_pairs = f32_pairs_.data();
+  }
+  if (code == RowsCode::kAvx512Bf16) {
+    bf16_.resize(n);
+    for (size_t i = 0; i < n; ++i) bf16_[i] = float_to_bf16(x[i]);
+    r.bf16 = bf16_.data();
+    if (in % 64 == 0) {
+      bf16_pairs_.resize(n);
+      for (int64_t g = 0; g < rows * in; g += 64) {
+        for (int64_t j = 0; j < 32; ++j) {
+          bf16_pairs_[g + j] = bf16_[g + 2 * j];
+          bf16_pairs_[g + 32 + j] = bf16_[g + 2 * j + 1];
+        }
+      }
+      r.bf16_pairs = bf16_pairs_.data();
+    }
+  }
+  return r;
+}
+
+void bf16_rows_product(const uint16_t* w, int64_t in, int64_t out, const RowsInput& x,
+                       RowsCode code, float* y, int64_t begin, int64_t end) {
+  if (code == RowsCode::kAvx512Bf16 && x.bf16 != nullptr && in % 32 == 0) {
+    bf16_rows_avx512_all(w, x.bf16, x.rows, in, out, y, begin, end);
+  } else {
+    dense_rows_avx2_all(w, x.f32, x.rows, in, out, y, begin, end);
+  }
+}
+
+void f32_rows_product(const float* w, int64_t in, int64_t out, const RowsInput& x, float* y,
+                      int64_t begin, int64_t end) {
+  dense_rows_avx2_all(w, x.f32, x.rows, in, out, y, begin, end);
+}
+
+void rows_product(const FrozenWeightView& w, const RowsInput& x, RowsCode code, float* y,
+                  int64_t begin, int64_t end) {
+  switch (w.format) {
+    case FrozenWeightView::Format::kF32:
+      f32_rows_product(w.f32, w.in, w.out, x, y, begin, end);
+      return;
+    case FrozenWeightView::Format::kBf16:
+      bf16_rows_product(w.bf16, w.in, w.out, x, code, y, begin, end);
+      return;
+    case FrozenWeightView::Format::kNf4:
+      nf4_rows_product(w.nf4, w.in, w.out, x, code, y, begin, end);
+      return;
+  }
+}
+
+}  // namespace gemma
