@@ -129,6 +129,93 @@ __attribute__((target("avx2,fma"))) void product_rows_avx2(const Operands& op, i
   }
 }
 
+// AVX2 for blocks whose values are bf16 (a bf16 weight, or any weight multiplied with bf16 x):
+// a block's 16 values as bf16, split into a table of their low bytes and one of their high bytes,
+// so that vpshufb looks up 32 codes in each at once. 64 weights cost two nibble masks, four byte
+// lookups, four byte interleaves (bf16 words) and eight widenings to float32, instead of eight
+// two-permute lookups. The weights come out in the order nf4_avx2_order gives x (once per
+// product).
+__attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(
+    const Operands& op, int64_t block, __m256 lut_lo, __m256 lut_hi, __m256 w[8]) {
+  const __m256 scale = _mm256_set1_ps(op.absmax(block));
+  const __m256i lo = _mm256_srli_epi32(
+      _mm256_castps_si256(round_to_bf16_values(_mm256_mul_ps(lut_lo, scale))), 16);
+  const __m256i hi = _mm256_srli_epi32(
+      _mm256_castps_si256(round_to_bf16_values(_mm256_mul_ps(lut_hi, scale))), 16);
+  // the 16 values as words in order, then their low bytes and high bytes as two 16-byte tables
+  const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2,
+                                         4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+  const __m256i bytes = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(words, split), 0xD8);
+  const __m256i low_table = _mm256_permute2x128_si256(bytes, bytes, 0x00);
+  const __m256i high_table = _mm256_permute2x128_si256(bytes, bytes, 0x11);
+  const __m256i packed =
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.packed + block * (kNf4BlockSize / 2)));
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
+  const __m256i codes[2] = {_mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble),  // even
+                            _mm256_and_si256(packed, nibble)};                       // odd
+  const __m256i zero = _mm256_setzero_si256();
+  for (int h = 0; h < 2; ++h) {
+    const __m256i low = _mm256_shuffle_epi8(low_table, codes[h]);
+    const __m256i high = _mm256_shuffle_epi8(high_table, codes[h]);
+    const __m256i first = _mm256_unpacklo_epi8(low, high);
+    const __m256i second = _mm256_unpackhi_epi8(low, high);
+    w[4 * h] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, first));
+    w[4 * h + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, first));
+    w[4 * h + 2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, second));
+    w[4 * h + 3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, second));
+  }
+}
+
+__attribute__((target("avx2,fma"))) void product_one_row_bf16_avx2(const Operands& op,
+                                                                   int64_t begin, int64_t end) {
+  const int64_t blocks_per_row = op.in / kNf4BlockSize;
+  const __m256 lut_lo = _mm256_loadu_ps(op.lut), lut_hi = _mm256_loadu_ps(op.lut + 8);
+  for (int64_t o = begin; o < end; ++o) {
+    __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                   _mm256_setzero_ps()};
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      __m256 w[8];
+      block_weights_bf16_avx2(op, o * blocks_per_row + k, lut_lo, lut_hi, w);
+      const float* xk = op.x + k * kNf4BlockSize;
+      for (int g = 0; g < 8; ++g)
+        s[g % 4] = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xk + 8 * g), s[g % 4]);
+    }
+    op.y[o] = horizontal_sum(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));
+  }
+}
+
+// Any number of rows: a block's 64 weights made once, then 8 multiply-adds per row into two
+// partial sums per row (kept in `sums`).
+__attribute__((target("avx2,fma"))) void product_rows_bf16_avx2(const Operands& op, int64_t begin,
+                                                                int64_t end) {
+  const int64_t blocks_per_row = op.in / kNf4BlockSize;
+  const __m256 lut_lo = _mm256_loadu_ps(op.lut), lut_hi = _mm256_loadu_ps(op.lut + 8);
+  std::vector<float> sums(static_cast<size_t>(op.rows) * 16);
+  for (int64_t o = begin; o < end; ++o) {
+    std::fill(sums.begin(), sums.end(), 0.0f);
+    for (int64_t k = 0; k < blocks_per_row; ++k) {
+      __m256 w[8];
+      block_weights_bf16_avx2(op, o * blocks_per_row + k, lut_lo, lut_hi, w);
+      const float* xk = op.x + k * kNf4BlockSize;
+      for (int64_t m = 0; m < op.rows; ++m) {
+        const float* xm = xk + m * op.in;
+        float* acc = sums.data() + m * 16;
+        __m256 s0 = _mm256_loadu_ps(acc), s1 = _mm256_loadu_ps(acc + 8);
+        for (int g = 0; g < 8; g += 2) {
+          s0 = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xm + 8 * g), s0);
+          s1 = _mm256_fmadd_ps(w[g + 1], _mm256_loadu_ps(xm + 8 * g + 8), s1);
+        }
+        _mm256_storeu_ps(acc, s0);
+        _mm256_storeu_ps(acc + 8, s1);
+      }
+    }
+    for (int64_t m = 0; m < op.rows; ++m)
+      op.y[m * op.out + o] = horizontal_sum(_mm256_loadu_ps(sums.data() + m * 16),
+                                            _mm256_loadu_ps(sums.data() + m * 16 + 8));
+  }
+}
+
 // AVX-512: x comes permuted, so that codes need no interleaving. A block's 16 values fill one
 // register and vpermps reads the low 4 bits of each index, so 16 bytes widened to 16 lanes look up
 // the 16 odd elements (low nibbles) as they are and, shifted right by 4, the 16 even elements
@@ -386,9 +473,15 @@ void product_cpu(const torch::Tensor& x, const Nf4Weight& w, const torch::Tensor
   RowsInput input;
   input.rows = rows;
   input.in = in;
+  torch::Tensor in_nf4_order;
   switch (code) {
     case RowsCode::kAvx2:
       input.f32 = x.data_ptr<float>();
+      if (weight.bf16_values) {
+        in_nf4_order = torch::empty_like(x);
+        nf4_avx2_order(x.data_ptr<float>(), rows, in, in_nf4_order.data_ptr<float>());
+        input.f32_nf4 = in_nf4_order.data_ptr<float>();
+      }
       break;
     case RowsCode::kAvx512:
       input.f32_pairs = x.data_ptr<float>();
@@ -434,6 +527,12 @@ void nf4_rows_product(const Nf4RowsWeight& w, int64_t in, int64_t out, const Row
               x.rows,      in,
               out,         y};
   if (code == RowsCode::kAvx2) {
+    if (w.bf16_values && x.f32_nf4 != nullptr) {
+      op.x = x.f32_nf4;
+      x.rows == 1 ? product_one_row_bf16_avx2(op, begin, end)
+                  : product_rows_bf16_avx2(op, begin, end);
+      return;
+    }
     op.x = x.f32;
     x.rows == 1 ? product_one_row_avx2(op, begin, end) : product_rows_avx2(op, begin, end);
     return;

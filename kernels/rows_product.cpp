@@ -164,12 +164,35 @@ std::optional<RowsCode> best_rows_code(bool bf16_activations) {
   return code;
 }
 
+void nf4_avx2_order(const float* x, int64_t rows, int64_t in, float* out) {
+  for (int64_t block = 0; block < rows * in; block += 64) {
+    int64_t pos = 0;
+    // even elements (high nibbles), then odd; per half the two byte interleaves (packed bytes
+    // 0-7 | 16-23, then 8-15 | 24-31), each widened as its low, then its high 4 words per lane
+    for (int64_t half = 0; half < 2; ++half) {
+      for (int64_t interleave = 0; interleave < 2; ++interleave) {
+        for (int64_t widen = 0; widen < 2; ++widen) {
+          for (int64_t lane = 0; lane < 8; ++lane) {
+            const int64_t byte = (lane / 4) * 16 + interleave * 8 + widen * 4 + lane % 4;
+            out[block + pos++] = x[block + 2 * byte + half];
+          }
+        }
+      }
+    }
+  }
+}
+
 RowsInput RowsInputBuffer::prepare(const float* x, int64_t rows, int64_t in, RowsCode code) {
   RowsInput r;
   r.f32 = x;
   r.rows = rows;
   r.in = in;
   const auto n = static_cast<size_t>(rows * in);
+  if (code == RowsCode::kAvx2 && in % 64 == 0) {
+    f32_nf4_.resize(n);
+    nf4_avx2_order(x, rows, in, f32_nf4_.data());
+    r.f32_nf4 = f32_nf4_.data();
+  }
   if (code == RowsCode::kAvx512 && in % 32 == 0) {
     f32_pairs_.resize(n);
     for (int64_t g = 0; g < rows * in; g += 32) {

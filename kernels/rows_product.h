@@ -25,17 +25,24 @@ const char* rows_code_name(RowsCode code);
 // nothing when the CPU has no AVX2 + FMA.
 std::optional<RowsCode> best_rows_code(bool bf16_activations);
 
-// Activations [rows, in] in the forms the codes read. `f32` always; the AVX-512 NF4 code reads
-// `f32_pairs` (each 32 elements as their 16 even, then their 16 odd ones); the AVX512_BF16 codes
-// read `bf16` (dense weights) and `bf16_pairs` (NF4: each 64 as 32 even, then 32 odd). The forms
-// a code does not read may be null.
+// Activations [rows, in] in the forms the codes read. `f32` always; the AVX2 NF4 code for
+// bf16-valued blocks reads `f32_nf4` (nf4_avx2_order), the AVX-512 NF4 code `f32_pairs` (each
+// 32 elements as their 16 even, then their 16 odd ones); the AVX512_BF16 codes read `bf16` (dense
+// weights) and `bf16_pairs` (NF4: each 64 as 32 even, then 32 odd). The forms a code does not
+// read may be null.
 struct RowsInput {
   const float* f32 = nullptr;
+  const float* f32_nf4 = nullptr;
   const float* f32_pairs = nullptr;
   const uint16_t* bf16 = nullptr;
   const uint16_t* bf16_pairs = nullptr;
   int64_t rows = 0, in = 0;
 };
+
+// x [rows, in] (in % 64 == 0) reordered for the AVX2 NF4 code of bf16-valued blocks: in each
+// 64-block, the 32 even elements and then the 32 odd ones, each half as four runs of 8 in the
+// order the code's byte interleaves and widenings leave the weights of its 32 packed bytes.
+void nf4_avx2_order(const float* x, int64_t rows, int64_t in, float* out);
 
 // Owns the derived forms of one activation block; prepare() fills what `code` reads. Reused from
 // token to token (no allocation once grown).
@@ -46,7 +53,7 @@ class RowsInputBuffer {
   RowsInput prepare(const float* x, int64_t rows, int64_t in, RowsCode code);
 
  private:
-  std::vector<float> f32_pairs_;
+  std::vector<float> f32_nf4_, f32_pairs_;
   std::vector<uint16_t> bf16_, bf16_pairs_;
 };
 

@@ -90,6 +90,89 @@ inline float gelu(float x, bool tanh_form) {
   return x * 0.5f * (1.0f + std::erf(x * static_cast<float>(M_SQRT1_2)));
 }
 
+// --- 8 lanes at a time (AVX2): tanh, the GeGLU activation, the softcap ------------------------
+
+// e^x for x in [-88, 88] (Cephes' expf: a range reduction by ln 2 in two parts and a degree-6
+// polynomial; about 1 ulp).
+__attribute__((target("avx2,fma"))) inline __m256 exp8(__m256 x) {
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.0f)), _mm256_set1_ps(88.0f));
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  x = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), x);
+  __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+  y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(x, x), _mm256_add_ps(x, _mm256_set1_ps(1.0f)));
+  const __m256i exponent =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(y, _mm256_castsi256_ps(exponent));
+}
+
+// tanh (Cephes' tanhf: an odd polynomial below 0.625, 1 - 2 / (e^2|x| + 1) above; about 2 ulp).
+__attribute__((target("avx2,fma"))) inline __m256 tanh8(__m256 x) {
+  const __m256 sign = _mm256_and_ps(x, _mm256_castsi256_ps(_mm256_set1_epi32(INT32_MIN)));
+  const __m256 z = _mm256_xor_ps(x, sign);  // |x|
+  const __m256 e = exp8(_mm256_min_ps(_mm256_add_ps(z, z), _mm256_set1_ps(88.0f)));
+  const __m256 far =
+      _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                    _mm256_div_ps(_mm256_set1_ps(2.0f), _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+  const __m256 z2 = _mm256_mul_ps(x, x);
+  __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+  p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(2.06390887954e-2f));
+  p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(-5.37397155531e-2f));
+  p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(1.33314422036e-1f));
+  p = _mm256_fmadd_ps(p, z2, _mm256_set1_ps(-3.33332819422e-1f));
+  const __m256 near = _mm256_fmadd_ps(_mm256_mul_ps(p, z2), z, z);
+  const __m256 is_far = _mm256_cmp_ps(z, _mm256_set1_ps(0.625f), _CMP_GT_OQ);
+  return _mm256_or_ps(_mm256_blendv_ps(near, far, is_far), sign);
+}
+
+// The compute dtype's rounding, 8 lanes (as Rounding; NaN inputs are not expected here).
+__attribute__((target("avx2,fma"))) inline __m256 round8(__m256 v, bool bf16) {
+  if (!bf16) return v;
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb);
+  return _mm256_castsi256_ps(
+      _mm256_and_si256(rounded, _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+}
+
+// act = rd(rd(gelu(gate)) · other) over n values; `other` may be `act`.
+__attribute__((target("avx2,fma"))) void gated_gelu(const float* gate, const float* other,
+                                                    float* act, int64_t n, bool tanh_form,
+                                                    Rounding rd) {
+  int64_t i = 0;
+  if (tanh_form) {
+    const __m256 beta = _mm256_set1_ps(static_cast<float>(M_SQRT2 * M_2_SQRTPI * 0.5));
+    const __m256 kappa = _mm256_set1_ps(0.044715f), half = _mm256_set1_ps(0.5f),
+                 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+      const __m256 x = _mm256_loadu_ps(gate + i);
+      const __m256 cube = _mm256_mul_ps(_mm256_mul_ps(x, x), x);
+      const __m256 inner = _mm256_mul_ps(beta, _mm256_add_ps(x, _mm256_mul_ps(kappa, cube)));
+      const __m256 g = _mm256_mul_ps(_mm256_mul_ps(half, x), _mm256_add_ps(one, tanh8(inner)));
+      const __m256 y = _mm256_mul_ps(round8(g, rd.bf16), _mm256_loadu_ps(other + i));
+      _mm256_storeu_ps(act + i, round8(y, rd.bf16));
+    }
+  }
+  for (; i < n; ++i) act[i] = rd(rd(gelu(gate[i], tanh_form)) * other[i]);
+}
+
+// v = rd(rd(tanh(rd(v / cap))) · cap) over n values: the final logit softcap.
+__attribute__((target("avx2,fma"))) void softcap(float* v, int64_t n, float cap, Rounding rd) {
+  const __m256 vcap = _mm256_set1_ps(cap);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 t = tanh8(round8(_mm256_div_ps(_mm256_loadu_ps(v + i), vcap), rd.bf16));
+    _mm256_storeu_ps(v + i, round8(_mm256_mul_ps(round8(t, rd.bf16), vcap), rd.bf16));
+  }
+  for (; i < n; ++i) v[i] = rd(rd(std::tanh(rd(v[i] / cap))) * cap);
+}
+
 // The activations of a cache entry: float32 or bf16 bits.
 template <typename T>
 inline float load_value(const T* p);
@@ -634,10 +717,9 @@ void Gemma4StepDecoder::run(int t, int threads, const std::vector<int64_t>& toke
       product(l.up, x, ws.up.data());
       const int64_t I = l.gate.out;
       for (int64_t b = 0; b < B; ++b) {
-        for (int64_t i = begin; i < end; ++i) {
-          const int64_t at = b * I + i;
-          ws.act[at] = rd(rd(gelu(ws.gate[at], p.gelu_tanh)) * ws.up[at]);
-        }
+        const int64_t at = b * I + begin;
+        gated_gelu(ws.gate.data() + at, ws.up.data() + at, ws.act.data() + at, end - begin,
+                   p.gelu_tanh, rd);
       }
     }
     barrier();
@@ -666,10 +748,9 @@ void Gemma4StepDecoder::run(int t, int threads, const std::vector<int64_t>& toke
       const auto [begin, end] = product(l.ple_gate, input(ws.x.data(), H), ws.g.data());
       const int64_t LP = p.L * p.P;
       for (int64_t b = 0; b < B; ++b) {
-        for (int64_t i = begin; i < end; ++i) {
-          const float in = ws.ple_in[b * LP + static_cast<int64_t>(li) * p.P + i];
-          ws.g[b * p.P + i] = rd(rd(gelu(ws.g[b * p.P + i], p.gelu_tanh)) * in);
-        }
+        float* g = ws.g.data() + b * p.P + begin;
+        gated_gelu(g, ws.ple_in.data() + b * LP + static_cast<int64_t>(li) * p.P + begin, g,
+                   end - begin, p.gelu_tanh, rd);
       }
     }
     barrier();
@@ -691,13 +772,8 @@ void Gemma4StepDecoder::run(int t, int threads, const std::vector<int64_t>& toke
   float* logits = ws.logits.data_ptr<float>();
   const auto [begin, end] = product(p.lm_head, input(ws.xn.data(), H), logits);
   if (p.softcap) {
-    const auto cap = static_cast<float>(*p.softcap);
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t o = begin; o < end; ++o) {
-        float& v = logits[b * p.V + o];
-        v = rd(rd(std::tanh(rd(v / cap))) * cap);
-      }
-    }
+    for (int64_t b = 0; b < B; ++b)
+      softcap(logits + b * p.V + begin, end - begin, static_cast<float>(*p.softcap), rd);
   }
 }
 
