@@ -1,5 +1,7 @@
 #include "kernels/bf16_linear.h"
 
+#include <ATen/Parallel.h>
+
 #include <algorithm>
 
 #include "kernels/nf4_matmul.h"
@@ -44,6 +46,21 @@ torch::Tensor input_grad_by_chunks(const torch::Tensor& g32, const torch::Tensor
   return grad;
 }
 
+// t (float32, contiguous) rounded to bf16 values in place, ties to even, as .to(bf16) rounds.
+void round_to_bf16_values_(torch::Tensor& t) {
+  TORCH_CHECK(t.scalar_type() == torch::kFloat32 && t.is_contiguous(),
+              "round_to_bf16_values_: a contiguous float32 tensor");
+  auto* bits = reinterpret_cast<uint32_t*>(t.data_ptr<float>());
+  at::parallel_for(0, t.numel(), 1 << 16, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const uint32_t b = bits[i];
+      const bool nan = (b & 0x7fffffffu) > 0x7f800000u;
+      bits[i] =
+          nan ? (b | 0x00400000u) & 0xffff0000u : (b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u;
+    }
+  });
+}
+
 torch::Tensor flat(const torch::Tensor& t) {
   return t.reshape({-1, t.size(-1)}).to(torch::kFloat32);
 }
@@ -66,10 +83,7 @@ class Bf16LinearThroughF32 : public torch::autograd::Function<Bf16LinearThroughF
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    const torch::Tensor w = ctx->get_saved_variables()[0];
-    const torch::Tensor& g = grads[0];
-    return {input_grad_by_chunks(flat(g), w).to(torch::kBFloat16).view(with_last(g, w.size(1))),
-            torch::Tensor()};
+    return {bf16_input_grad_through_f32(grads[0], ctx->get_saved_variables()[0]), torch::Tensor()};
   }
 };
 
@@ -93,6 +107,35 @@ torch::Tensor bf16_linear_through_f32(const torch::Tensor& x, const torch::Tenso
   TORCH_CHECK(!(torch::GradMode::is_enabled() && w.requires_grad()),
               "bf16_linear_through_f32: the weight must be frozen");
   return Bf16LinearThroughF32::apply(x, w);
+}
+
+torch::Tensor bf16_input_grad_through_f32(const torch::Tensor& grad_y, const torch::Tensor& w) {
+  TORCH_CHECK(w.dim() == 2 && grad_y.size(-1) == w.size(0),
+              "bf16_input_grad_through_f32: grad [..., ", grad_y.size(-1), "] against a weight ",
+              w.sizes());
+  torch::NoGradGuard no_grad;
+  return input_grad_by_chunks(flat(grad_y), w)
+      .to(torch::kBFloat16)
+      .view(with_last(grad_y, w.size(1)));
+}
+
+torch::Tensor bf16_logits_through_f32(const torch::Tensor& h, const torch::Tensor& w) {
+  TORCH_CHECK(
+      h.dim() == 2 && w.dim() == 2 && h.size(1) == w.size(1) && w.scalar_type() == torch::kBFloat16,
+      "bf16_logits_through_f32: h ", h.sizes(), " against a bf16 weight ", w.sizes());
+  torch::NoGradGuard no_grad;
+  torch::Tensor y = product_by_chunks(h.to(torch::kFloat32), w);
+  round_to_bf16_values_(y);
+  return y;
+}
+
+torch::Tensor bf16_input_grad_from_f32(torch::Tensor grad_y, const torch::Tensor& w) {
+  TORCH_CHECK(grad_y.dim() == 2 && grad_y.scalar_type() == torch::kFloat32 &&
+                  grad_y.is_contiguous() && grad_y.size(1) == w.size(0),
+              "bf16_input_grad_from_f32: a contiguous float32 grad [N, ", w.size(0), "]");
+  torch::NoGradGuard no_grad;
+  round_to_bf16_values_(grad_y);
+  return input_grad_by_chunks(grad_y, w).to(torch::kBFloat16);
 }
 
 torch::Tensor nf4_bf16_linear_through_f32(const torch::Tensor& x, const Nf4Weight& w) {

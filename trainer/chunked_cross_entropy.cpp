@@ -5,6 +5,8 @@
 #include <utility>
 #include <vector>
 
+#include "kernels/bf16_linear.h"
+
 namespace gemma {
 
 namespace {
@@ -19,12 +21,26 @@ torch::ScalarType head_dtype(const torch::Tensor& hidden) {
 
 torch::Tensor capped_logits(const torch::Tensor& h, const torch::Tensor& w,
                             std::optional<double> softcap) {
-  torch::Tensor logits = torch::nn::functional::linear(h, w).to(head_dtype(h));
+  // a bf16 head on a CPU without bf16 instructions multiplies in float32 (bf16_linear.h)
+  torch::Tensor logits =
+      bf16_products_through_f32(h) && w.scalar_type() == torch::kBFloat16 &&
+              !(torch::GradMode::is_enabled() && (h.requires_grad() || w.requires_grad()))
+          ? bf16_logits_through_f32(h, w)
+          : torch::nn::functional::linear(h, w).to(head_dtype(h));
   if (!softcap) return logits;
   // Without a graph to record (the chunked head's forward and backward) in place: one [chunk, V]
   // float32 buffer instead of three.
   if (!torch::GradMode::is_enabled()) return logits.div_(*softcap).tanh_().mul_(*softcap);
   return torch::tanh(logits / *softcap) * *softcap;
+}
+
+// d loss / d hidden of one chunk from d loss / d logits (float32, consumed): grad · lm_head, in
+// the head's dtype.
+torch::Tensor hidden_grad(torch::Tensor& logit_grad, const torch::Tensor& lm_head) {
+  if (lm_head.scalar_type() == torch::kBFloat16 && logit_grad.scalar_type() == torch::kFloat32 &&
+      bf16_products_through_f32(lm_head) && logit_grad.is_contiguous())
+    return bf16_input_grad_from_f32(logit_grad, lm_head);
+  return torch::matmul(logit_grad.to(lm_head.scalar_type()), lm_head);
 }
 
 // Autograd functions carry the optional softcap as a double, 0 meaning none.
@@ -121,7 +137,7 @@ struct ChunkedHead {
         stats->entropy_sum += (entropy * counted).sum().item<double>();
       }
       logit_gradient(probs, logits, y, counted);
-      grad_h.narrow(0, start, len).copy_(torch::matmul(probs.to(lm_head.scalar_type()), lm_head));
+      grad_h.narrow(0, start, len).copy_(hidden_grad(probs, lm_head));
     }
     return {out, grad_h};
   }
@@ -146,9 +162,8 @@ struct ChunkedHead {
       const torch::Tensor w = weights.narrow(0, start, len).to(grad.scalar_type()) *
                               (y != kIgnoreIndex).to(grad.scalar_type());
       logit_gradient(grad, capped, y, w);
-      if (want_grad_h)
-        grad_h.narrow(0, start, len).copy_(torch::matmul(grad.to(lm_head.scalar_type()), lm_head));
       if (want_grad_w) grad_w += torch::matmul(grad.t(), h.to(grad.scalar_type()));
+      if (want_grad_h) grad_h.narrow(0, start, len).copy_(hidden_grad(grad, lm_head));
     }
     if (want_grad_w) grad_w = grad_w.to(lm_head.scalar_type());
     return {grad_h, grad_w};
