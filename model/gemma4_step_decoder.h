@@ -46,8 +46,7 @@ class Gemma4StepDecoder {
  private:
   struct Plan;
   struct Workspace;
-  void run(int thread, int threads, const std::vector<int64_t>& tokens,
-           const std::vector<int64_t>& positions, KvCache& cache, Workspace& ws);
+  class StepThread;
 
   std::unique_ptr<Plan> plan_;
   std::unique_ptr<Workspace> workspace_;
