@@ -20,6 +20,7 @@
 #   BENCH_WORK    work folder outside the repo (default ~/.cache/gemma-train-bench); llama.cpp's
 #                 build is kept there between runs
 #   LLAMA_CPP_SRC a llama.cpp source tree to build instead of the vendored one
+#   OURS_FLAGS    more flags for our `generate` (e.g. --no-step-decoder for the LibTorch path)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -76,7 +77,8 @@ for _ in $(seq 2 126); do prompt+=" river"; done
 ours_once() {  # model dtype
   local line
   line=$(OMP_NUM_THREADS=$threads "$bin" generate --model "$models/$1" --prompt "$prompt" --raw \
-    --ids --temperature 0 --max-new-tokens 128 --dtype "$2" 2>&1 >/dev/null | grep decode)
+    --ids --temperature 0 --max-new-tokens 128 --dtype "$2" ${OURS_FLAGS:-} 2>&1 >/dev/null |
+    grep decode)
   local ptoks
   ptoks=$(sed -E 's/.*prefill ([0-9]+) tokens.*/\1/' <<<"$line")
   [ "$ptoks" = 128 ] || { log "the prompt is $ptoks tokens, not 128"; exit 1; }
@@ -97,8 +99,10 @@ median() { printf '%s\n' "$@" | sort -g | sed -n "$(((${#@} + 1) / 2))p"; }
 rows=("bf16 model|dense|bf16|bf16.gguf"
       "NF4 base (ours f32) vs Q4_0|nf4|f32|q4_0.gguf"
       "NF4 base (ours bf16) vs Q4_0|nf4|bf16|q4_0.gguf")
-printf '\nconfig %s, %s threads, %s, llama.cpp %s (%s)\n' "$config" "$threads" \
-  "$(lscpu | sed -nE 's/^Model name: *//p')" "${llama_commit:-unknown commit}" "$src"
+printf '\nconfig %s, %s threads, %s (%s), llama.cpp %s (%s), ours: generate %s\n' "$config" \
+  "$threads" "$(lscpu | sed -nE 's/^Model name: *//p')" \
+  "$(grep -o -E 'avx512_?bf16|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')" \
+  "${llama_commit:-unknown commit}" "$src" "${OURS_FLAGS:-(default flags)}"
 printf '| %-30s | %-14s | %-14s | %-6s | %-14s | %-14s | %-6s |\n' row "ours prefill" \
   "llama prefill" ratio "ours decode" "llama decode" ratio
 for row in "${rows[@]}"; do

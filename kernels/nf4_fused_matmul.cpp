@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/avx2_lanes.h"
 #include "kernels/nf4_cpu_simd.h"
 #include "kernels/rows_product.h"
 
@@ -24,6 +25,8 @@ namespace gemma {
 
 namespace {
 
+using avx2::horizontal_sum;
+using avx2::round_to_bf16_values;
 using nf4_simd::AbsmaxSource;
 
 // The operands of one product, as raw pointers.
@@ -37,24 +40,6 @@ struct Operands {
   int64_t rows, in, out;
   float* y;  // [rows, out], float32
 };
-
-__attribute__((target("avx2,fma"))) inline __m256 round_to_bf16_values(__m256 v) {
-  // Round to nearest even on the bit pattern and keep the upper half: as float_to_bf16 for every
-  // finite value and for the quiet NaN a product makes.
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb);
-  return _mm256_castsi256_ps(
-      _mm256_and_si256(rounded, _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u))));
-}
-
-__attribute__((target("avx2,fma"))) inline float horizontal_sum(__m256 a, __m256 b) {
-  const __m256 s = _mm256_add_ps(a, b);
-  __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  v = _mm_add_ss(v, _mm_movehdup_ps(v));
-  return _mm_cvtss_f32(v);
-}
 
 // The 16 values of one block (two vectors), rounded to bf16 for a bf16 weight.
 __attribute__((target("avx2,fma"))) inline void block_vectors(const Operands& op, int64_t block,
@@ -135,20 +120,39 @@ __attribute__((target("avx2,fma"))) void product_rows_avx2(const Operands& op, i
 // lookups, four byte interleaves (bf16 words) and eight widenings to float32, instead of eight
 // two-permute lookups. The weights come out in the order nf4_avx2_order gives x (once per
 // product).
-__attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(
-    const Operands& op, int64_t block, __m256 lut_lo, __m256 lut_hi, __m256 w[8]) {
+// The NF4 table in the order block_weights_bf16_avx2 scales it: codes 0-3 and 8-11 in `p`, codes
+// 4-7 and 12-15 in `q`, so that one byte shuffle per vector and two 64-bit permutes make the
+// byte tables.
+struct Nf4LutAvx2 {
+  __m256 p, q;
+};
+__attribute__((target("avx2,fma"))) inline Nf4LutAvx2 nf4_lut_avx2(const float* lut) {
+  return {_mm256_setr_ps(lut[0], lut[1], lut[2], lut[3], lut[8], lut[9], lut[10], lut[11]),
+          _mm256_setr_ps(lut[4], lut[5], lut[6], lut[7], lut[12], lut[13], lut[14], lut[15])};
+}
+
+__attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(const Operands& op,
+                                                                        int64_t block,
+                                                                        Nf4LutAvx2 lut,
+                                                                        __m256 w[8]) {
+  // The 16 values lut · absmax rounded to bf16 (ties to even), the bf16 in bytes 2 and 3 of each
+  // float32 lane.
   const __m256 scale = _mm256_set1_ps(op.absmax(block));
-  const __m256i lo = _mm256_srli_epi32(
-      _mm256_castps_si256(round_to_bf16_values(_mm256_mul_ps(lut_lo, scale))), 16);
-  const __m256i hi = _mm256_srli_epi32(
-      _mm256_castps_si256(round_to_bf16_values(_mm256_mul_ps(lut_hi, scale))), 16);
-  // the 16 values as words in order, then their low bytes and high bytes as two 16-byte tables
-  const __m256i words = _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
-  const __m256i split = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2,
-                                         4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-  const __m256i bytes = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(words, split), 0xD8);
-  const __m256i low_table = _mm256_permute2x128_si256(bytes, bytes, 0x00);
-  const __m256i high_table = _mm256_permute2x128_si256(bytes, bytes, 0x11);
+  const __m256i p = avx2::bf16_rounding_bits(_mm256_mul_ps(lut.p, scale));
+  const __m256i q = avx2::bf16_rounding_bits(_mm256_mul_ps(lut.q, scale));
+  // Per 16-byte half: p's low bytes to 0-3 and high bytes to 8-11, q's to 4-7 and 12-15, so the
+  // four 64-bit words are the low bytes of codes 0-7, their high bytes, the low bytes of codes
+  // 8-15, their high bytes; each table is two of them, in both halves.
+  const __m256i from_p =
+      _mm256_setr_epi8(2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1, 2, 6, 10, 14, -1,
+                       -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1);
+  const __m256i from_q =
+      _mm256_setr_epi8(-1, -1, -1, -1, 2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1,
+                       2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15);
+  const __m256i bytes =
+      _mm256_or_si256(_mm256_shuffle_epi8(p, from_p), _mm256_shuffle_epi8(q, from_q));
+  const __m256i low_table = _mm256_permute4x64_epi64(bytes, 0x88);   // words 0, 2, 0, 2
+  const __m256i high_table = _mm256_permute4x64_epi64(bytes, 0xDD);  // words 1, 3, 1, 3
   const __m256i packed =
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.packed + block * (kNf4BlockSize / 2)));
   const __m256i nibble = _mm256_set1_epi8(0x0f);
@@ -170,13 +174,13 @@ __attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(
 __attribute__((target("avx2,fma"))) void product_one_row_bf16_avx2(const Operands& op,
                                                                    int64_t begin, int64_t end) {
   const int64_t blocks_per_row = op.in / kNf4BlockSize;
-  const __m256 lut_lo = _mm256_loadu_ps(op.lut), lut_hi = _mm256_loadu_ps(op.lut + 8);
+  const Nf4LutAvx2 lut = nf4_lut_avx2(op.lut);
   for (int64_t o = begin; o < end; ++o) {
     __m256 s[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       __m256 w[8];
-      block_weights_bf16_avx2(op, o * blocks_per_row + k, lut_lo, lut_hi, w);
+      block_weights_bf16_avx2(op, o * blocks_per_row + k, lut, w);
       const float* xk = op.x + k * kNf4BlockSize;
       for (int g = 0; g < 8; ++g)
         s[g % 4] = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xk + 8 * g), s[g % 4]);
@@ -190,13 +194,13 @@ __attribute__((target("avx2,fma"))) void product_one_row_bf16_avx2(const Operand
 __attribute__((target("avx2,fma"))) void product_rows_bf16_avx2(const Operands& op, int64_t begin,
                                                                 int64_t end) {
   const int64_t blocks_per_row = op.in / kNf4BlockSize;
-  const __m256 lut_lo = _mm256_loadu_ps(op.lut), lut_hi = _mm256_loadu_ps(op.lut + 8);
+  const Nf4LutAvx2 lut = nf4_lut_avx2(op.lut);
   std::vector<float> sums(static_cast<size_t>(op.rows) * 16);
   for (int64_t o = begin; o < end; ++o) {
     std::fill(sums.begin(), sums.end(), 0.0f);
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       __m256 w[8];
-      block_weights_bf16_avx2(op, o * blocks_per_row + k, lut_lo, lut_hi, w);
+      block_weights_bf16_avx2(op, o * blocks_per_row + k, lut, w);
       const float* xk = op.x + k * kNf4BlockSize;
       for (int64_t m = 0; m < op.rows; ++m) {
         const float* xm = xk + m * op.in;

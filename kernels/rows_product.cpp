@@ -6,27 +6,15 @@
 
 #include <algorithm>
 
+#include "kernels/avx2_lanes.h"
 #include "kernels/nf4_cpu_simd.h"
 
 namespace gemma {
 
 namespace {
 
+using avx2::horizontal_sum;
 using nf4_simd::float_to_bf16;
-
-__attribute__((target("avx2,fma"))) inline float horizontal_sum(__m256 a, __m256 b) {
-  const __m256 s = _mm256_add_ps(a, b);
-  __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  v = _mm_add_ss(v, _mm_movehdup_ps(v));
-  return _mm_cvtss_f32(v);
-}
-
-// 8 bf16 values widened to float32 (exact: the bits move to the upper half).
-__attribute__((target("avx2,fma"))) inline __m256 load_bf16x8(const uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
-}
 
 // A weight row's 8 values at k as float32, for either dense format.
 template <typename W>
@@ -37,7 +25,7 @@ __attribute__((target("avx2,fma"))) inline __m256 load_weights8<float>(const flo
 }
 template <>
 __attribute__((target("avx2,fma"))) inline __m256 load_weights8<uint16_t>(const uint16_t* w) {
-  return load_bf16x8(w);
+  return avx2::widen_bf16x8(w);
 }
 inline float weight_value(const float* w) { return *w; }
 inline float weight_value(const uint16_t* w) { return nf4_simd::bf16_to_float(*w); }

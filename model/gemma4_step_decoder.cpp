@@ -102,7 +102,6 @@ struct Gemma4StepDecoder::Workspace {
   int64_t batch = -1;
   std::vector<float> x, xn, q, k, v, heads, attn, o, gate, up, act, f, ple_in, ple_ctx, g, p;
   std::vector<float> cos[2], sin[2];  // [B, head_dim / 2] by LayerType
-  std::vector<bool> valid_storage;
   struct PerThread {
     RowsInputBuffer input;
     std::vector<float> scores, acc, a, b, c;  // a-c: one row or head of scratch each
@@ -585,9 +584,17 @@ torch::Tensor Gemma4StepDecoder::step(const std::vector<int64_t>& tokens,
   for (const int64_t t : tokens)
     TORCH_CHECK(t >= 0 && t < p.V && (p.P == 0 || t < p.ple_rows),
                 "Gemma4StepDecoder::step: token id ", t, " outside the vocabulary");
-  const KvCache::Entry& first = cache.entry(p.layers.front().kv_layer);
-  TORCH_CHECK(first.k.defined() && first.k.size(0) == B,
-              "Gemma4StepDecoder::step: the cache holds no prefill of ", B, " sequences");
+  // Nothing in the parallel region may throw: every entry is checked here.
+  const auto kv_dtype = p.rd.bf16 ? torch::kBFloat16 : torch::kFloat32;
+  for (const StepLayerPlan& l : p.layers) {
+    const KvCache::Entry& e = cache.entry(l.kv_layer);
+    TORCH_CHECK(e.k.defined() && e.k.size(0) == B && e.k.size(1) == l.spec.num_kv_heads &&
+                    e.k.size(3) == l.spec.head_dim && e.k.scalar_type() == kv_dtype &&
+                    e.k.is_cpu() && e.k.is_contiguous() && e.v.is_contiguous(),
+                "Gemma4StepDecoder::step: the cache holds no prefill of ", B,
+                " sequences by this model");
+  }
+  TORCH_CHECK(cache.seen_tokens() > 0, "Gemma4StepDecoder::step: the cache holds no prefill");
   cache.reserve(1);
 
   Workspace& ws = *workspace_;

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <limits>
 
+#include "kernels/avx2_lanes.h"
+
 namespace gemma::decode_ops {
 
 namespace {
@@ -65,12 +67,7 @@ __attribute__((target("avx2,fma"))) inline __m256 tanh8(__m256 x) {
 
 // The compute dtype's rounding, 8 lanes (as Rounding; NaN inputs are not expected here).
 __attribute__((target("avx2,fma"))) inline __m256 round8(__m256 v, bool bf16) {
-  if (!bf16) return v;
-  const __m256i bits = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
-  const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb);
-  return _mm256_castsi256_ps(
-      _mm256_and_si256(rounded, _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u))));
+  return bf16 ? avx2::round_to_bf16_values(v) : v;
 }
 
 // The activations of a cache entry: float32 or bf16 bits.
@@ -93,8 +90,7 @@ __attribute__((target("avx2,fma"))) inline __m256 load8<float>(const float* p) {
 }
 template <>
 __attribute__((target("avx2,fma"))) inline __m256 load8<uint16_t>(const uint16_t* p) {
-  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+  return avx2::widen_bf16x8(p);
 }
 
 template <typename T>
@@ -106,11 +102,7 @@ __attribute__((target("avx2,fma"))) float dot(const float* q, const T* k, int64_
     s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(k + i + 8), s1);
   }
   for (; i + 8 <= d; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), s0);
-  const __m256 s = _mm256_add_ps(s0, s1);
-  __m128 v = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
-  v = _mm_add_ss(v, _mm_movehdup_ps(v));
-  float sum = _mm_cvtss_f32(v);
+  float sum = avx2::horizontal_sum(s0, s1);
   for (; i < d; ++i) sum += q[i] * load_value(k + i);
   return sum;
 }
