@@ -122,6 +122,15 @@ void BM_RowsFused(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(nf4_fused_matmul(x, w));
 }
 
+// The same product with the weight stored from float32: its block values are not bf16 in f32
+// compute, so the AVX2 code looks them up with two permutes per 8 weights instead of the byte
+// tables of bf16-valued blocks (BM_RowsFused, f32 compute): what the tables gain.
+void BM_RowsFusedF32Weight(benchmark::State& state) {
+  const torch::Tensor x = few_rows(state);
+  const Nf4Weight& w = weight(torch::kFloat32);
+  for (auto _ : state) benchmark::DoNotOptimize(nf4_fused_matmul(x, w));
+}
+
 // The AVX2 code on a CPU that has AVX-512 too (skipped elsewhere): what AVX-512 gains.
 void BM_RowsFusedAvx2(benchmark::State& state) {
   const std::vector<std::string> isas = nf4_fused_matmul_cpu_isas();
@@ -156,6 +165,7 @@ void BM_RowsDense(benchmark::State& state) {
       ->UseRealTime()                                                                         \
       ->Unit(benchmark::kMicrosecond)
 ROWS_BENCHMARK(BM_RowsFused);
+ROWS_BENCHMARK(BM_RowsFusedF32Weight);
 ROWS_BENCHMARK(BM_RowsFusedAvx2);
 ROWS_BENCHMARK(BM_RowsDequantizeThenMatmul);
 ROWS_BENCHMARK(BM_RowsDense);
