@@ -1,7 +1,8 @@
 // Eight float32 lanes (AVX2) as the CPU kernels use them: the sum of two vectors' lanes, bf16
-// values widened to float32 (exact: the bits move to the upper half) and float32 rounded to bf16
-// values (ties to even, as torch converts; NaN inputs are not expected). For functions compiled
-// with target("avx2,fma"); callers check the CPU first.
+// values widened to float32 (exact: the bits move to the upper half), eight values of either
+// storage loaded as float32, and float32 rounded to bf16 values (ties to even, as torch converts;
+// NaN inputs are not expected). For functions compiled with target("avx2,fma"); callers check the
+// CPU first.
 #pragma once
 
 #include <immintrin.h>
@@ -21,6 +22,15 @@ __attribute__((target("avx2,fma"))) inline float horizontal_sum(__m256 a, __m256
 __attribute__((target("avx2,fma"))) inline __m256 widen_bf16x8(const uint16_t* p) {
   const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+
+// Eight stored values as float32 lanes, for code written once for both storages: float32 as
+// they are, bf16 bits widened.
+__attribute__((target("avx2,fma"))) inline __m256 load8(const float* p) {
+  return _mm256_loadu_ps(p);
+}
+__attribute__((target("avx2,fma"))) inline __m256 load8(const uint16_t* p) {
+  return widen_bf16x8(p);
 }
 
 // The lanes' bits plus the round-to-nearest-even increment: the bf16 is in the upper 16 bits.

@@ -17,7 +17,6 @@ namespace gemma {
 namespace {
 
 using nf4_simd::AbsmaxSource;
-using nf4_simd::float_to_bf16;
 using nf4_simd::Isa;
 using nf4_simd::kIsa;
 
@@ -112,7 +111,7 @@ void dequant_scalar(const uint8_t* packed, int64_t first, int64_t n, float absma
     if constexpr (std::is_same_v<Out, float>) {
       out[i] = v;
     } else {
-      out[i] = float_to_bf16(v);
+      out[i] = bf16::from_float(v);
     }
   }
 }

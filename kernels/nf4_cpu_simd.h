@@ -7,10 +7,10 @@
 
 #include <immintrin.h>
 
-#include <cmath>
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/bf16_bits.h"
 #include "kernels/nf4.h"
 
 namespace gemma::nf4_simd {
@@ -25,22 +25,6 @@ inline Isa detect_isa() {
 }
 
 inline const Isa kIsa = detect_isa();
-
-// Round to nearest even, as torch converts float32 to bfloat16 (NaN stays NaN).
-inline uint16_t float_to_bf16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if (std::isnan(f)) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-inline float bf16_to_float(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 // The pointers the double-quantized absmax is rebuilt from, block by block.
 struct AbsmaxSource {
@@ -61,7 +45,7 @@ struct AbsmaxSource {
 inline void block_values(const float* lut, float absmax, bool bf16, float* values) {
   for (int k = 0; k < 16; ++k) {
     const float v = lut[k] * absmax;
-    values[k] = bf16 ? bf16_to_float(float_to_bf16(v)) : v;
+    values[k] = bf16 ? bf16::rounded(v) : v;
   }
 }
 

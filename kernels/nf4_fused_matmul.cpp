@@ -54,6 +54,33 @@ __attribute__((target("avx2,fma"))) inline void block_vectors(const Operands& op
   }
 }
 
+// A block's 64 weights (8 vectors) times every row of x at block k, into two partial sums per row
+// (`sums`, 16 floats a row).
+__attribute__((target("avx2,fma"))) inline void accumulate_block_rows(const Operands& op, int64_t k,
+                                                                      const __m256* w,
+                                                                      float* sums) {
+  const float* xk = op.x + k * kNf4BlockSize;
+  for (int64_t m = 0; m < op.rows; ++m) {
+    const float* xm = xk + m * op.in;
+    float* acc = sums + m * 16;
+    __m256 s0 = _mm256_loadu_ps(acc), s1 = _mm256_loadu_ps(acc + 8);
+    for (int g = 0; g < 8; g += 2) {
+      s0 = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xm + 8 * g), s0);
+      s1 = _mm256_fmadd_ps(w[g + 1], _mm256_loadu_ps(xm + 8 * g + 8), s1);
+    }
+    _mm256_storeu_ps(acc, s0);
+    _mm256_storeu_ps(acc + 8, s1);
+  }
+}
+
+// Each row's two partial sums, added up into y at output feature o.
+__attribute__((target("avx2,fma"))) inline void store_row_sums(const Operands& op, int64_t o,
+                                                               const float* sums) {
+  for (int64_t m = 0; m < op.rows; ++m)
+    op.y[m * op.out + o] =
+        horizontal_sum(_mm256_loadu_ps(sums + m * 16), _mm256_loadu_ps(sums + m * 16 + 8));
+}
+
 // One row of x (decoding): four partial sums in registers, so consecutive blocks never wait on
 // each other's multiply-adds.
 __attribute__((target("avx2,fma"))) void product_one_row_avx2(const Operands& op, int64_t begin,
@@ -95,22 +122,9 @@ __attribute__((target("avx2,fma"))) void product_rows_avx2(const Operands& op, i
       const uint8_t* bytes = op.packed + block * (kNf4BlockSize / 2);
       __m256 wv[8];
       for (int64_t g = 0; g < 8; ++g) wv[g] = nf4_simd::lookup8(bytes + 4 * g, lo, hi);
-      const float* xk = op.x + k * kNf4BlockSize;
-      for (int64_t m = 0; m < op.rows; ++m) {
-        const float* xm = xk + m * op.in;
-        float* acc = sums.data() + m * 16;
-        __m256 s0 = _mm256_loadu_ps(acc), s1 = _mm256_loadu_ps(acc + 8);
-        for (int64_t g = 0; g < 8; g += 2) {
-          s0 = _mm256_fmadd_ps(wv[g], _mm256_loadu_ps(xm + 8 * g), s0);
-          s1 = _mm256_fmadd_ps(wv[g + 1], _mm256_loadu_ps(xm + 8 * g + 8), s1);
-        }
-        _mm256_storeu_ps(acc, s0);
-        _mm256_storeu_ps(acc + 8, s1);
-      }
+      accumulate_block_rows(op, k, wv, sums.data());
     }
-    for (int64_t m = 0; m < op.rows; ++m)
-      op.y[m * op.out + o] = horizontal_sum(_mm256_loadu_ps(sums.data() + m * 16),
-                                            _mm256_loadu_ps(sums.data() + m * 16 + 8));
+    store_row_sums(op, o, sums.data());
   }
 }
 
@@ -201,22 +215,9 @@ __attribute__((target("avx2,fma"))) void product_rows_bf16_avx2(const Operands& 
     for (int64_t k = 0; k < blocks_per_row; ++k) {
       __m256 w[8];
       block_weights_bf16_avx2(op, o * blocks_per_row + k, lut, w);
-      const float* xk = op.x + k * kNf4BlockSize;
-      for (int64_t m = 0; m < op.rows; ++m) {
-        const float* xm = xk + m * op.in;
-        float* acc = sums.data() + m * 16;
-        __m256 s0 = _mm256_loadu_ps(acc), s1 = _mm256_loadu_ps(acc + 8);
-        for (int g = 0; g < 8; g += 2) {
-          s0 = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xm + 8 * g), s0);
-          s1 = _mm256_fmadd_ps(w[g + 1], _mm256_loadu_ps(xm + 8 * g + 8), s1);
-        }
-        _mm256_storeu_ps(acc, s0);
-        _mm256_storeu_ps(acc + 8, s1);
-      }
+      accumulate_block_rows(op, k, w, sums.data());
     }
-    for (int64_t m = 0; m < op.rows; ++m)
-      op.y[m * op.out + o] = horizontal_sum(_mm256_loadu_ps(sums.data() + m * 16),
-                                            _mm256_loadu_ps(sums.data() + m * 16 + 8));
+    store_row_sums(op, o, sums.data());
   }
 }
 

@@ -7,28 +7,14 @@
 #include <algorithm>
 
 #include "kernels/avx2_lanes.h"
-#include "kernels/nf4_cpu_simd.h"
+#include "kernels/bf16_bits.h"
 
 namespace gemma {
 
 namespace {
 
 using avx2::horizontal_sum;
-using nf4_simd::float_to_bf16;
-
-// A weight row's 8 values at k as float32, for either dense format.
-template <typename W>
-__attribute__((target("avx2,fma"))) inline __m256 load_weights8(const W* w);
-template <>
-__attribute__((target("avx2,fma"))) inline __m256 load_weights8<float>(const float* w) {
-  return _mm256_loadu_ps(w);
-}
-template <>
-__attribute__((target("avx2,fma"))) inline __m256 load_weights8<uint16_t>(const uint16_t* w) {
-  return avx2::widen_bf16x8(w);
-}
-inline float weight_value(const float* w) { return *w; }
-inline float weight_value(const uint16_t* w) { return nf4_simd::bf16_to_float(*w); }
+using avx2::load8;
 
 // Outputs [begin, end) for kRows rows of float32 x (row stride `in`): two independent sums per
 // row, 16 weights a step, then 8, then one at a time.
@@ -42,21 +28,21 @@ __attribute__((target("avx2,fma"))) void dense_rows_avx2(const W* w_all, const f
     for (int m = 0; m < kRows; ++m) s0[m] = s1[m] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 16 <= in; k += 16) {
-      const __m256 w0 = load_weights8(w + k), w1 = load_weights8(w + k + 8);
+      const __m256 w0 = load8(w + k), w1 = load8(w + k + 8);
       for (int m = 0; m < kRows; ++m) {
         s0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + k), s0[m]);
         s1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + m * in + k + 8), s1[m]);
       }
     }
     if (k + 8 <= in) {
-      const __m256 w0 = load_weights8(w + k);
+      const __m256 w0 = load8(w + k);
       for (int m = 0; m < kRows; ++m)
         s0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + m * in + k), s0[m]);
       k += 8;
     }
     for (int m = 0; m < kRows; ++m) {
       float sum = horizontal_sum(s0[m], s1[m]);
-      for (int64_t t = k; t < in; ++t) sum += weight_value(w + t) * x[m * in + t];
+      for (int64_t t = k; t < in; ++t) sum += bf16::load(w + t) * x[m * in + t];
       y[m * out + o] = sum;
     }
   }
@@ -193,7 +179,7 @@ RowsInput RowsInputBuffer::prepare(const float* x, int64_t rows, int64_t in, Row
   }
   if (code == RowsCode::kAvx512Bf16) {
     bf16_.resize(n);
-    for (size_t i = 0; i < n; ++i) bf16_[i] = float_to_bf16(x[i]);
+    for (size_t i = 0; i < n; ++i) bf16_[i] = bf16::from_float(x[i]);
     r.bf16 = bf16_.data();
     if (in % 64 == 0) {
       bf16_pairs_.resize(n);

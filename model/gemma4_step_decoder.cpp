@@ -22,13 +22,11 @@
 namespace gemma {
 
 using decode_ops::attend;
-using decode_ops::bf16_bits;
 using decode_ops::gated_gelu;
 using decode_ops::rms_norm;
 using decode_ops::rope_head;
 using decode_ops::Rounding;
 using decode_ops::softcap;
-using decode_ops::widen_bf16;
 
 namespace {
 
@@ -342,7 +340,7 @@ class Gemma4StepDecoder::StepThread {
         float* x = ws_.x.data() + b * H;
         if (rd_.bf16) {
           const auto* row = static_cast<const uint16_t*>(p_.embed) + tokens[b] * H;
-          for (int64_t i = 0; i < H; ++i) x[i] = rd_(widen_bf16(row[i]) * p_.embed_scale);
+          for (int64_t i = 0; i < H; ++i) x[i] = rd_(bf16::to_float(row[i]) * p_.embed_scale);
         } else {
           const float* row = static_cast<const float*>(p_.embed) + tokens[b] * H;
           for (int64_t i = 0; i < H; ++i) x[i] = row[i] * p_.embed_scale;
@@ -387,7 +385,7 @@ class Gemma4StepDecoder::StepThread {
         for (int64_t i = 0; i < p_.P; ++i) {
           const int64_t at = tokens[b] * LP + l * p_.P + i;
           const float raw = p_.ple_table_bf16
-                                ? widen_bf16(static_cast<const uint16_t*>(p_.ple_table)[at])
+                                ? bf16::to_float(static_cast<const uint16_t*>(p_.ple_table)[at])
                                 : static_cast<const float*>(p_.ple_table)[at];
           const float token_part = rd_(rd_(raw) * p_.ple_scale);
           out[i] = rd_(rd_(normed[i] + token_part) * half_power);
@@ -437,8 +435,8 @@ class Gemma4StepDecoder::StepThread {
           auto* kp = static_cast<uint16_t*>(e.k.data_ptr()) + at;
           auto* vp = static_cast<uint16_t*>(e.v.data_ptr()) + at;
           for (int64_t i = 0; i < d; ++i) {
-            kp[i] = bf16_bits(key[i]);
-            vp[i] = bf16_bits(value[i]);
+            kp[i] = bf16::from_float(key[i]);
+            vp[i] = bf16::from_float(value[i]);
           }
         } else {
           std::memcpy(e.k.data_ptr<float>() + at, key, d * sizeof(float));

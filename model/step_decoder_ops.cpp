@@ -70,40 +70,17 @@ __attribute__((target("avx2,fma"))) inline __m256 round8(__m256 v, bool bf16) {
   return bf16 ? avx2::round_to_bf16_values(v) : v;
 }
 
-// The activations of a cache entry: float32 or bf16 bits.
-template <typename T>
-inline float load_value(const T* p);
-template <>
-inline float load_value<float>(const float* p) {
-  return *p;
-}
-template <>
-inline float load_value<uint16_t>(const uint16_t* p) {
-  return widen_bf16(*p);
-}
-
-template <typename T>
-__attribute__((target("avx2,fma"))) inline __m256 load8(const T* p);
-template <>
-__attribute__((target("avx2,fma"))) inline __m256 load8<float>(const float* p) {
-  return _mm256_loadu_ps(p);
-}
-template <>
-__attribute__((target("avx2,fma"))) inline __m256 load8<uint16_t>(const uint16_t* p) {
-  return avx2::widen_bf16x8(p);
-}
-
 template <typename T>
 __attribute__((target("avx2,fma"))) float dot(const float* q, const T* k, int64_t d) {
   __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
   int64_t i = 0;
   for (; i + 16 <= d; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), load8(k + i + 8), s1);
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), avx2::load8(k + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), avx2::load8(k + i + 8), s1);
   }
-  for (; i + 8 <= d; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), s0);
+  for (; i + 8 <= d; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), avx2::load8(k + i), s0);
   float sum = avx2::horizontal_sum(s0, s1);
-  for (; i < d; ++i) sum += q[i] * load_value(k + i);
+  for (; i < d; ++i) sum += q[i] * bf16::load(k + i);
   return sum;
 }
 
@@ -113,8 +90,8 @@ __attribute__((target("avx2,fma"))) void add_scaled(float a, const T* v, float* 
   const __m256 va = _mm256_set1_ps(a);
   int64_t i = 0;
   for (; i + 8 <= d; i += 8)
-    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, load8(v + i), _mm256_loadu_ps(acc + i)));
-  for (; i < d; ++i) acc[i] += a * load_value(v + i);
+    _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(va, avx2::load8(v + i), _mm256_loadu_ps(acc + i)));
+  for (; i < d; ++i) acc[i] += a * bf16::load(v + i);
 }
 
 }  // namespace

@@ -5,39 +5,16 @@
 #pragma once
 
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
+#include "kernels/bf16_bits.h"
+
 namespace gemma::decode_ops {
-
-// v rounded to the nearest bf16 (ties to even), as a float.
-inline float bf16_value(float v) {
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return v;  // NaN stays NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  bits &= 0xffff0000u;
-  std::memcpy(&v, &bits, 4);
-  return v;
-}
-
-inline uint16_t bf16_bits(float v) {  // of a value bf16 holds exactly
-  uint32_t bits;
-  std::memcpy(&bits, &v, 4);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-inline float widen_bf16(uint16_t b) {
-  const uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
 
 // The compute dtype's rounding: identity for float32.
 struct Rounding {
   bool bf16 = false;
-  float operator()(float v) const { return bf16 ? bf16_value(v) : v; }
+  float operator()(float v) const { return bf16 ? bf16::rounded(v) : v; }
 };
 
 // Gemma's RMSNorm of `dim` values (float32 inside): x · (mean(x²) + eps)^(-1/2) · w, rounded;
