@@ -64,7 +64,7 @@ __attribute__((target("avx2,fma"))) inline void accumulate_block_rows(const Oper
     const float* xm = xk + m * op.in;
     float* acc = sums + m * 16;
     __m256 s0 = _mm256_loadu_ps(acc), s1 = _mm256_loadu_ps(acc + 8);
-    for (int g = 0; g < 8; g += 2) {
+    for (int64_t g = 0; g < 8; g += 2) {
       s0 = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xm + 8 * g), s0);
       s1 = _mm256_fmadd_ps(w[g + 1], _mm256_loadu_ps(xm + 8 * g + 8), s1);
     }
@@ -173,7 +173,7 @@ __attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(const Op
   const __m256i codes[2] = {_mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble),  // even
                             _mm256_and_si256(packed, nibble)};                       // odd
   const __m256i zero = _mm256_setzero_si256();
-  for (int h = 0; h < 2; ++h) {
+  for (int64_t h = 0; h < 2; ++h) {
     const __m256i low = _mm256_shuffle_epi8(low_table, codes[h]);
     const __m256i high = _mm256_shuffle_epi8(high_table, codes[h]);
     const __m256i first = _mm256_unpacklo_epi8(low, high);
@@ -196,7 +196,7 @@ __attribute__((target("avx2,fma"))) void product_one_row_bf16_avx2(const Operand
       __m256 w[8];
       block_weights_bf16_avx2(op, o * blocks_per_row + k, lut, w);
       const float* xk = op.x + k * kNf4BlockSize;
-      for (int g = 0; g < 8; ++g)
+      for (int64_t g = 0; g < 8; ++g)
         s[g % 4] = _mm256_fmadd_ps(w[g], _mm256_loadu_ps(xk + 8 * g), s[g % 4]);
     }
     op.y[o] = horizontal_sum(_mm256_add_ps(s[0], s[1]), _mm256_add_ps(s[2], s[3]));

@@ -70,10 +70,12 @@ TEST(Gemma4Model, SlidingCacheKeepsOnlyTheWindow) {
   const int64_t full_per_token = int64_t{2} * 2 * 32 * 4;
   for (int layer : {0, 1, 2}) EXPECT_EQ(cache.entry(layer).length, c.sliding_window - 1);
   EXPECT_EQ(cache.entry(3).length, 200);
-  EXPECT_EQ(cache.nbytes(), 3 * 2 * c.sliding_window * per_token + 2 * 200 * full_per_token);
+  EXPECT_EQ(cache.nbytes(),
+            int64_t{6} * c.sliding_window * per_token + int64_t{400} * full_per_token);
   for (int step = 0; step < 3 * c.sliding_window; ++step)
     forward(model, random_ids(1, 1, c.vocab_size, 2 + step), &cache);
-  EXPECT_EQ(cache.nbytes(), 3 * 2 * c.sliding_window * per_token + 2 * 200 * full_per_token);
+  EXPECT_EQ(cache.nbytes(),
+            int64_t{6} * c.sliding_window * per_token + int64_t{400} * full_per_token);
 }
 
 // The mask against a direct loop over (query, key).
