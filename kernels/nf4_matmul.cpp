@@ -22,10 +22,7 @@ class Nf4LinearFunction : public torch::autograd::Function<Nf4LinearFunction> {
     // The weight travels as an integer: saved_data holds IValues only.
     const auto* w = reinterpret_cast<const Nf4Weight*>(  // NOLINT(performance-no-int-to-ptr)
         ctx->saved_data["weight"].toInt());
-    const torch::Tensor& grad_y = grads[0];
-    if (bf16_products_through_f32(grad_y))
-      return {nf4_bf16_input_grad_through_f32(grad_y, *w), torch::Tensor()};
-    return {torch::matmul(grad_y, dequantize_nf4_as(*w, grad_y.scalar_type())), torch::Tensor()};
+    return {nf4_linear_input_grad(grads[0], *w), torch::Tensor()};
   }
 };
 
@@ -38,6 +35,11 @@ torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype) {
       w.packed.device().is_cpu() && (w.dtype == torch::kBFloat16 || w.dtype == torch::kFloat32);
   const torch::Tensor out = fast_cpu ? dequantize_nf4_cpu(w, dtype) : dequantize_nf4(w);
   return out.scalar_type() == dtype ? out : out.to(dtype);
+}
+
+torch::Tensor nf4_linear_input_grad(const torch::Tensor& grad_y, const Nf4Weight& w) {
+  if (bf16_products_through_f32(grad_y)) return nf4_bf16_input_grad_through_f32(grad_y, w);
+  return torch::matmul(grad_y, dequantize_nf4_as(w, grad_y.scalar_type()));
 }
 
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w) {

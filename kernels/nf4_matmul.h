@@ -19,5 +19,7 @@ torch::Tensor dequantize_nf4_as(const Nf4Weight& w, torch::ScalarType dtype);
 // products to float32 rounding, without writing the dense weight. `w` must outlive the
 // autograd graph (it is held by reference: the frozen weights belong to the model).
 torch::Tensor nf4_linear(const torch::Tensor& x, const Nf4Weight& w);
+// grad_y [..., out] · W: the input gradient nf4_linear's backward computes.
+torch::Tensor nf4_linear_input_grad(const torch::Tensor& grad_y, const Nf4Weight& w);
 
 }  // namespace gemma

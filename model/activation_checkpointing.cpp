@@ -1,6 +1,9 @@
 #include "model/activation_checkpointing.h"
 
 #include <mutex>
+#include <optional>
+
+#include "model/kept_products.h"
 
 namespace gemma {
 
@@ -101,8 +104,8 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
   static variable_list forward(AutogradContext* ctx, const torch::Tensor& x,
                                const torch::Tensor& ple, const torch::Tensor& source_k,
                                const torch::Tensor& source_v, const torch::Tensor& mask,
-                               torch::Tensor cos, torch::Tensor sin,
-                               Gemma4DecoderLayerImpl* layer) {
+                               torch::Tensor cos, torch::Tensor sin, Gemma4DecoderLayerImpl* layer,
+                               bool keep_products) {
     const LayerTypeInputs inputs{{cos, sin}, mask};
     // Before the layer draws anything: backward recomputes from this state.
     const RngState rng = capture_rng_state(x.device());
@@ -112,11 +115,15 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
       ctx->saved_data["rng_cuda_index"] = static_cast<int64_t>(rng.cuda_index);
     }
     variable_list out;
+    KeptProducts kept;
     {
-      torch::NoGradGuard no_grad;  // nothing inside the layer is kept for backward
+      torch::NoGradGuard no_grad;               // nothing inside the layer is kept for backward
+      std::optional<KeptProductsScope> record;  // but its frozen products, if asked to
+      if (keep_products) record.emplace(kept, KeptProducts::Mode::kRecord);
       out = run_layer(*layer, x, from_placeholder(ple), inputs, from_placeholder(source_k),
                       from_placeholder(source_v));
     }
+    if (keep_products) ctx->saved_data["products"] = c10::List<torch::Tensor>(kept.products());
     ctx->save_for_backward({x, ple, source_k, source_v, mask, cos, sin});
     ctx->saved_data["layer"] = reinterpret_cast<int64_t>(layer);
     return out;
@@ -133,14 +140,27 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     };
     torch::Tensor x = leaf(saved[0]), ple = leaf(saved[1]), k = leaf(saved[2]), v = leaf(saved[3]);
     const LayerTypeInputs inputs{{saved[5], saved[6]}, saved[4]};
+    // The forward's frozen products, if kept: they leave the context here, so each is freed
+    // once the recomputed graph below is done with it.
+    KeptProducts kept;
+    const bool replay = ctx->saved_data.count("products") > 0;
+    if (replay) {
+      for (const torch::Tensor& p : ctx->saved_data["products"].toTensorList())
+        kept.products().push_back(p);
+      ctx->saved_data.erase("products");
+    }
     variable_list outputs, grad_outputs;
     {
       torch::AutoGradMode grad_mode(true);
       variable_list recomputed;
       {
         const ForkedRngState forward_rng(saved_rng_state(ctx), x.device());  // same dropout masks
+        std::optional<KeptProductsScope> replaying;
+        if (replay) replaying.emplace(kept, KeptProducts::Mode::kReplay);
         recomputed = run_layer(*layer, x, ple, inputs, k, v);
       }
+      TORCH_CHECK(kept.remaining() == 0, "kept products: the recomputed layer left ",
+                  kept.remaining(), " of its forward's products unused");
       for (size_t i = 0; i < recomputed.size(); ++i) {
         if (recomputed[i].defined() && grads[i].defined()) {
           outputs.push_back(recomputed[i]);
@@ -153,7 +173,7 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
     const auto grad_of = [](const torch::Tensor& t) {
       return t.defined() ? t.grad() : torch::Tensor();
     };
-    return {grad_of(x),      grad_of(ple),    grad_of(k),      grad_of(v),
+    return {grad_of(x),      grad_of(ple),    grad_of(k),      grad_of(v),     torch::Tensor(),
             torch::Tensor(), torch::Tensor(), torch::Tensor(), torch::Tensor()};
   }
 };
@@ -162,7 +182,8 @@ class CheckpointedLayer : public torch::autograd::Function<CheckpointedLayer> {
 
 torch::Tensor checkpointed_layer_forward(Gemma4DecoderLayerImpl& layer, const torch::Tensor& x,
                                          const torch::Tensor& per_layer_input,
-                                         const LayerTypeInputs& inputs, SharedKv& shared) {
+                                         const LayerTypeInputs& inputs, SharedKv& shared,
+                                         bool keep_products) {
   const Gemma4LayerSpec& spec = layer.self_attn->options().spec;
   torch::Tensor source_k, source_v;
   if (spec.kv_shared) std::tie(source_k, source_v) = shared.at(spec.kv_source);
@@ -180,7 +201,7 @@ torch::Tensor checkpointed_layer_forward(Gemma4DecoderLayerImpl& layer, const to
   }
   const variable_list out = CheckpointedLayer::apply(
       input, to_placeholder(per_layer_input), to_placeholder(source_k), to_placeholder(source_v),
-      inputs.mask, inputs.rope.cos, inputs.rope.sin, &layer);
+      inputs.mask, inputs.rope.cos, inputs.rope.sin, &layer, keep_products);
   if (spec.stores_kv) shared[layer.self_attn->options().layer_index] = {out[1], out[2]};
   return out[0];
 }

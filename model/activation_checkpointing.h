@@ -13,8 +13,11 @@
 namespace gemma {
 
 // layer(x, per_layer_input) as Gemma4DecoderLayerImpl::forward without a cache, checkpointed.
+// With `keep_products` the forward also keeps its frozen projections' outputs, and the
+// recomputation takes them instead of multiplying again (model/kept_products.h).
 torch::Tensor checkpointed_layer_forward(Gemma4DecoderLayerImpl& layer, const torch::Tensor& x,
                                          const torch::Tensor& per_layer_input,
-                                         const LayerTypeInputs& inputs, SharedKv& shared);
+                                         const LayerTypeInputs& inputs, SharedKv& shared,
+                                         bool keep_products = false);
 
 }  // namespace gemma

@@ -132,7 +132,7 @@ torch::Tensor Gemma4TextModelImpl::forward(const Gemma4Input& input, KvCache* ca
     const torch::Tensor layer_ple = ple.defined() ? ple.select(2, i) : torch::Tensor();
     const LayerTypeInputs& inputs = per_type[static_cast<int>(c.layers[i].type)];
     if (gradient_checkpointing_ && cache == nullptr && torch::GradMode::is_enabled()) {
-      h = checkpointed_layer_forward(*layer_list_[i], h, layer_ple, inputs, shared);
+      h = checkpointed_layer_forward(*layer_list_[i], h, layer_ple, inputs, shared, keep_products_);
     } else {
       h = layer_list_[i]->forward(h, layer_ple, inputs, shared, cache);
     }

@@ -46,7 +46,12 @@ class Gemma4TextModelImpl : public torch::nn::Module {
 
   // Recompute each decoder layer in backward instead of keeping its activations (training
   // without a cache only; a forward with a cache or without gradients runs plainly).
-  void set_gradient_checkpointing(bool on) { gradient_checkpointing_ = on; }
+  // With `keep_products`, each checkpointed layer also keeps its frozen projections' outputs,
+  // so the recomputation skips those matmuls (model/kept_products.h).
+  void set_gradient_checkpointing(bool on, bool keep_products = false) {
+    gradient_checkpointing_ = on;
+    keep_products_ = keep_products;
+  }
 
   const Gemma4Config& config() const { return config_; }
 
@@ -64,6 +69,7 @@ class Gemma4TextModelImpl : public torch::nn::Module {
   std::vector<Gemma4DecoderLayer> layer_list_;
   torch::Tensor inv_freq_sliding_, inv_freq_full_;
   bool gradient_checkpointing_ = false;
+  bool keep_products_ = false;
 };
 TORCH_MODULE(Gemma4TextModel);
 

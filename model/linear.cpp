@@ -1,7 +1,9 @@
 #include "model/linear.h"
 
+#include "kernels/bf16_linear.h"
 #include "kernels/bf16_matvec.h"
 #include "kernels/nf4_matmul.h"
+#include "model/kept_products.h"
 
 namespace gemma {
 
@@ -26,6 +28,15 @@ torch::Tensor LinearImpl::base_forward(const torch::Tensor& x) const {
   return nf4_ ? nf4_linear(x, *nf4_) : few_rows_linear(x, weight);
 }
 
+torch::Tensor LinearImpl::base_input_grad(const torch::Tensor& grad_y) const {
+  if (nf4_) return nf4_linear_input_grad(grad_y, *nf4_);
+  // few_rows_linear's products with a gradient to record: bf16 through float32 where the CPU has
+  // no bf16 instructions, otherwise LibTorch's linear, whose input gradient is this matmul.
+  if (bf16_products_through_f32(grad_y) && weight.scalar_type() == torch::kBFloat16)
+    return bf16_input_grad_through_f32(grad_y, weight);
+  return torch::matmul(grad_y, weight.to(grad_y.scalar_type()));
+}
+
 void LinearImpl::attach_adapter(std::shared_ptr<LinearAdapterImpl> adapter) {
   TORCH_CHECK(adapter_ == nullptr, "Linear: an adapter is attached already");
   for (const auto& child : adapter->named_children()) register_module(child.key(), child.value());
@@ -35,7 +46,9 @@ void LinearImpl::attach_adapter(std::shared_ptr<LinearAdapterImpl> adapter) {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& x) {
-  const torch::Tensor y = base_forward(x);
+  KeptProducts* kept = KeptProducts::current();
+  const torch::Tensor y =
+      kept != nullptr && base_frozen() ? kept->product(*this, x) : base_forward(x);
   return adapter_ ? adapter_->adapt(x, y, *this) : y;
 }
 

@@ -35,6 +35,10 @@ class LinearImpl : public Nf4HoldingModuleImpl {
   torch::Tensor forward(const torch::Tensor& x);
   // The frozen projection alone: x · Wᵀ (through nf4_linear for an NF4 base).
   torch::Tensor base_forward(const torch::Tensor& x) const;
+  // grad_y · W: the input gradient of base_forward, as its backward computes it.
+  torch::Tensor base_input_grad(const torch::Tensor& grad_y) const;
+  // The base weight gets no gradient (an NF4 base, or a dense weight that does not require one).
+  bool base_frozen() const { return nf4_ != nullptr || !weight.requires_grad(); }
 
   // Replaces the dense weight by its frozen NF4 form (same [out, in] shape), freeing the dense one.
   void set_nf4_weight(Nf4Weight weight);

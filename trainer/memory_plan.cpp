@@ -327,8 +327,15 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
     int64_t kept = c.num_hidden_layers * N * H * a;
     for (const Gemma4LayerSpec& l : c.layers)
       if (l.stores_kv) kept += 2 * N * l.num_kv_heads * l.head_dim * a;
-    activations = kept + shared;
     activation_detail = "checkpointing: each layer's input and the shared K/V";
+    if (t.gradient_checkpointing_save_matmuls) {
+      // and every frozen projection's output, which the recomputation takes instead of
+      // multiplying again (model/kept_products.h)
+      for (const PlannedLinear& l : linears)
+        if (l.path.rfind("model.layers.", 0) == 0) kept += N * l.out * a;
+      activation_detail += ", every frozen projection's output (save_matmuls)";
+    }
+    activations = kept + shared;
   } else {
     activations = saved + shared;
     activation_detail = "no checkpointing: every layer's saved tensors";
@@ -386,6 +393,9 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
     if (t.per_device_train_batch_size > 1)
       try_change("training.per_device_train_batch_size=1 (with more gradient_accumulation_steps)",
                  [](Recipe& r) { r.training.per_device_train_batch_size = 1; });
+    if (t.gradient_checkpointing_save_matmuls)
+      try_change("training.gradient_checkpointing_save_matmuls=false",
+                 [](Recipe& r) { r.training.gradient_checkpointing_save_matmuls = false; });
     if (!t.gradient_checkpointing)
       try_change("training.gradient_checkpointing=true",
                  [](Recipe& r) { r.training.gradient_checkpointing = true; });

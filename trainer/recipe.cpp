@@ -517,6 +517,8 @@ const std::vector<Field>& recipe_fields() {
       plain("training", "weight_decay", kT, &T::weight_decay),
       plain("training", "max_grad_norm", kT, &T::max_grad_norm),
       plain("training", "gradient_checkpointing", kT, &T::gradient_checkpointing),
+      plain("training", "gradient_checkpointing_save_matmuls", kT,
+            &T::gradient_checkpointing_save_matmuls),
       plain("training", "bf16", kT, &T::bf16),
       plain("training", "max_length", kT, &T::max_length),
       choice("training", "truncation_mode", kT, &T::truncation_mode, kTruncationModes, kSft | kDpo),
@@ -961,6 +963,10 @@ void validate(const Recipe& recipe) {
                number_text(t.weight_decay));
   check.expect(t.max_grad_norm >= 0, "training.max_grad_norm", "a number >= 0 (0: no clipping)",
                number_text(t.max_grad_norm));
+  if (t.gradient_checkpointing_save_matmuls && !t.gradient_checkpointing)
+    check.fail("training.gradient_checkpointing_save_matmuls",
+               "keeps products for checkpointing's recomputation, and "
+               "training.gradient_checkpointing is false");
   if (t.max_length) check.positive(*t.max_length, "training.max_length");
   if (t.packing && !t.max_length)
     check.fail("training.max_length", "packing needs a length to pack to; found null");

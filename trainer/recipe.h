@@ -127,9 +127,10 @@ struct TrainingSection {
   double adam_beta2 = 0.999;
   double adam_epsilon = 1e-8;
   double weight_decay = 0.0;
-  double max_grad_norm = 1.0;          // 0 disables clipping
-  bool gradient_checkpointing = true;  // TRL's _BaseConfig (transformers: false)
-  bool bf16 = true;                    // TRL: None means "not fp16", and there is no fp16 here
+  double max_grad_norm = 1.0;                        // 0 disables clipping
+  bool gradient_checkpointing = true;                // TRL's _BaseConfig (transformers: false)
+  bool gradient_checkpointing_save_matmuls = false;  // ours: keep frozen products for recompute
+  bool bf16 = true;  // TRL: None means "not fp16", and there is no fp16 here
   std::optional<int64_t> max_length = 1024;  // null: no truncation
   TruncationMode truncation_mode = TruncationMode::kKeepStart;
   bool packing = false;

@@ -651,7 +651,8 @@ int run_training(const Recipe& recipe, ProcessGroup& group) {
       spec.target_modules = all_linear_names(model);
     attach_adapters(model, spec);
   }
-  model->model->set_gradient_checkpointing(t.gradient_checkpointing);
+  model->model->set_gradient_checkpointing(t.gradient_checkpointing,
+                                           t.gradient_checkpointing_save_matmuls);
   model->train();
   const int64_t load_peak = meter.restart_peak();
   const NamedTensors params = trainable_parameters(model);

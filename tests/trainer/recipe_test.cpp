@@ -101,6 +101,7 @@ TEST(RecipeDefaults, EqualTheTrlPeftAndTransformersDefaults) {
   EXPECT_EQ(t.weight_decay, 0.0);
   EXPECT_EQ(t.max_grad_norm, 1.0);
   EXPECT_TRUE(t.gradient_checkpointing);
+  EXPECT_FALSE(t.gradient_checkpointing_save_matmuls);  // ours: TRL recomputes every product
   EXPECT_TRUE(t.bf16);
   EXPECT_EQ(t.max_length, 1024);
   EXPECT_EQ(t.truncation_mode, TruncationMode::kKeepStart);
@@ -335,11 +336,12 @@ TEST(RecipeOverrides, WinOverTheFile) {
   RecipeFiles files;
   const std::filesystem::path path =
       files.write(std::string(kMinimal) + "  max_steps: 500\n  learning_rate: 1e-4\n");
-  const Recipe r =
-      load_recipe(path, {"training.max_steps=10", "peft.target_modules=[q_proj, o_proj]",
-                         "data.train_files=x.jsonl", "training.learning_rate=3e-4",
-                         "training.max_steps=20", "export.gguf=true"});
+  const Recipe r = load_recipe(
+      path, {"training.max_steps=10", "peft.target_modules=[q_proj, o_proj]",
+             "data.train_files=x.jsonl", "training.learning_rate=3e-4", "training.max_steps=20",
+             "export.gguf=true", "training.gradient_checkpointing_save_matmuls=true"});
   EXPECT_EQ(r.training.max_steps, 20);  // the last --set wins
+  EXPECT_TRUE(r.training.gradient_checkpointing_save_matmuls);
   EXPECT_EQ(r.training.learning_rate, 3e-4);
   EXPECT_EQ(r.peft.target_modules.names, (std::vector<std::string>{"q_proj", "o_proj"}));
   EXPECT_EQ(r.data.train_files, (std::vector<std::string>{"x.jsonl"}));
@@ -557,6 +559,10 @@ TEST(RecipeErrors, CrossKeyRulesNameWhereTheKeyWasSet) {
              "training.warmup_steps: expected 0, a ratio in (0, 1) or a whole number of steps");
   EXPECT_HAS(load_error(std::string(kMinimal) + "  eval_strategy: epoch\n"),
              "recipe.yaml:7:3: training.eval_strategy: evaluation needs eval data");
+  EXPECT_HAS(load_error(kMinimal, {"training.gradient_checkpointing=false",
+                                   "training.gradient_checkpointing_save_matmuls=true"}),
+             "training.gradient_checkpointing_save_matmuls: keeps products for checkpointing's "
+             "recomputation, and training.gradient_checkpointing is false");
   EXPECT_HAS(load_error(kMinimal, {"data.kind=preference"}),
              "--set data.kind=preference: data.kind: preference data does not train with "
              "method sft");
