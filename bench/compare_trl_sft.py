@@ -327,7 +327,8 @@ def drive(a):
         f"peft.r={COMMON['r']}", f"peft.lora_alpha={COMMON['lora_alpha']}", f"peft.lora_dropout={COMMON['lora_dropout']}",
         "peft.target_modules=all-linear", "export.merged=false", "export.gguf=false",
         f"model.load_in_4bit={'true' if a.load_in_4bit else 'false'}", "model.bnb_4bit_use_double_quant=true",
-        f"model.bnb_4bit_compute_dtype={a.dtype}", f"model.dtype={a.dtype}", "model.device=cpu"]
+        f"model.bnb_4bit_compute_dtype={a.dtype}", f"model.dtype={a.dtype}", "model.device=cpu",
+        f"training.gradient_checkpointing_save_matmuls={'true' if a.save_matmuls else 'false'}"]
 
     # Ours on the demo: recipes/demo.yaml with overrides. assistant_only_loss off on both sides
     # (TRL refuses it on Gemma 4: its template has no {% generation %} markers; docs/data.md).
@@ -417,6 +418,9 @@ def main():
     d.add_argument("--threads", type=int, default=2)
     d.add_argument("--optim", default=COMMON["optim"])
     d.add_argument("--no-4bit", dest="load_in_4bit", action="store_false")
+    d.add_argument("--save-matmuls", action="store_true",
+                   help="ours keeps the frozen matmuls' outputs for checkpointing's recomputation "
+                        "(training.gradient_checkpointing_save_matmuls); TRL recomputes them")
     d.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="compute dtype on both sides (bfloat16: TRL's bf16=True as well)")
     t = sub.add_parser("trl")

@@ -7,7 +7,7 @@
 # 6 measured, 1 more (untimed). Waits (at most 10 minutes) for a 1-min load average below 1.0.
 # Prints one table: model, stack, tokens/s, peak RSS, ratio. Results in $WORK/results.json.
 # Usage: bench/compare_trl_sft.sh [--work DIR] [--wait-max S] [--warmup N] [--steps N] [--threads N]
-#        [--no-4bit] [--dtype float32|bfloat16]
+#        [--no-4bit] [--save-matmuls] [--dtype float32|bfloat16]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/gemma-train ] || { echo "build/gemma-train missing: run scripts/setup.sh first" >&2; exit 2; }

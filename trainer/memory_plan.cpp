@@ -378,6 +378,17 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   for (const MemoryComponent& m : plan.components)
     (m.on_device ? plan.device_peak_bytes : plan.host_bytes) += m.bytes;
 
+  // ---- with room to spare: the faster setting that still fits.
+  if (device_memory && plan.fits() && t.gradient_checkpointing &&
+      !t.gradient_checkpointing_save_matmuls) {
+    Recipe changed = recipe;
+    changed.training.gradient_checkpointing_save_matmuls = true;
+    const MemoryPlan p = plan_memory(c, dtype, changed, std::nullopt, file_dtype);
+    if (p.device_peak_bytes <= *device_memory)
+      plan.faster = MemoryPlanChange{"training.gradient_checkpointing_save_matmuls=true",
+                                     p.device_peak_bytes};
+  }
+
   // ---- what to change when it does not fit.
   if (device_memory && plan.device_peak_bytes > *device_memory) {
     const auto try_change = [&](const std::string& what, const std::function<void(Recipe&)>& edit) {
@@ -447,6 +458,9 @@ std::string memory_plan_table(const MemoryPlan& plan) {
         << "\n";
     for (const MemoryPlanChange& c : plan.changes)
       out << "  " << c.change << ": " << format_bytes(c.device_peak_bytes) << "\n";
+    if (plan.faster)
+      out << "room for " << plan.faster->change
+          << " (fewer matmuls a step): " << format_bytes(plan.faster->device_peak_bytes) << "\n";
   }
   return out.str();
 }
@@ -469,6 +483,9 @@ nlohmann::json memory_plan_json(const MemoryPlan& plan) {
     for (const MemoryPlanChange& c : plan.changes)
       changes.push_back({{"change", c.change}, {"device_peak_bytes", c.device_peak_bytes}});
     out["changes"] = changes;
+    if (plan.faster)
+      out["faster"] = {{"change", plan.faster->change},
+                       {"device_peak_bytes", plan.faster->device_peak_bytes}};
   }
   return out;
 }

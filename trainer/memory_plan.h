@@ -38,6 +38,9 @@ struct MemoryPlan {
   int64_t host_bytes = 0;                 // the sum of those in host memory
   std::optional<int64_t> device_memory;   // the budget it was planned against
   std::vector<MemoryPlanChange> changes;  // with a budget it exceeds: what would fit it better
+  // With a budget it fits and checkpointing on: keeping the frozen matmuls' outputs
+  // (gradient_checkpointing_save_matmuls), when that still fits. Faster, not smaller.
+  std::optional<MemoryPlanChange> faster;
   bool fits() const { return !device_memory || device_peak_bytes <= *device_memory; }
 };
 

@@ -158,3 +158,28 @@ def test_the_qlora_recipe_plans_e4b_from_the_folder_name_alone(gemma_train):
                           "8GB", "--json").stdout)
     assert "bundled e4b" in plan["config"]
     assert plan["device_peak_bytes"] <= 8e9 and plan["fits"]
+
+
+def test_a_plan_with_room_names_the_faster_setting_and_its_peak(gemma_train):
+    """With room under --device-memory, the plan names gradient_checkpointing_save_matmuls and the
+    peak it would have, which is the peak of the plan that sets it; without room it names nothing."""
+    qlora = REPO / "recipes" / "qlora.yaml"
+    roomy = json.loads(run(gemma_train, "plan", "--recipe", qlora, "--model", "e4b", "--device-memory", "80GB",
+                           "--json").stdout)
+    assert roomy["faster"]["change"] == "training.gradient_checkpointing_save_matmuls=true"
+    assert roomy["device_peak_bytes"] < roomy["faster"]["device_peak_bytes"] <= 80e9
+    keeping = json.loads(run(gemma_train, "plan", "--recipe", qlora, "--model", "e4b", "--device-memory", "80GB",
+                             "--set", "training.gradient_checkpointing_save_matmuls=true", "--json").stdout)
+    assert keeping["device_peak_bytes"] == roomy["faster"]["device_peak_bytes"]
+    assert "faster" not in keeping
+    activations = next(c for c in keeping["components"] if c["name"] == "activations kept for backward")
+    assert "every frozen projection's output" in activations["detail"]
+    tight = json.loads(run(gemma_train, "plan", "--recipe", qlora, "--model", "e4b", "--device-memory", "8GB",
+                           "--json").stdout)
+    assert tight["fits"] and "faster" not in tight
+    # Over the budget with it on, turning it off is among the changes.
+    over = json.loads(run(gemma_train, "plan", "--recipe", qlora, "--model", "e4b", "--device-memory", "8GB",
+                          "--set", "training.gradient_checkpointing_save_matmuls=true", "--json", check=False).stdout)
+    assert not over["fits"]
+    assert {"change": "training.gradient_checkpointing_save_matmuls=false",
+            "device_peak_bytes": tight["device_peak_bytes"]} in over["changes"]
