@@ -70,14 +70,19 @@ torch::Tensor LoraLinearImpl::adapt(const torch::Tensor& x, const torch::Tensor&
   // are registered on `base`), so model->eval() reaches `base`, not this object.
   const bool drop = base.is_training() && options_.dropout > 0;
   const torch::Tensor xd = drop ? torch::dropout(x, options_.dropout, true) : x;
-  const torch::Tensor lora = lora_B(lora_A(xd.to(lora_A->weight.scalar_type())));
-  if (!is_dora()) return y + (lora * s).to(y.scalar_type());
+  // PEFT scales B(A(x)) [tokens, out]; the rank-r middle is scaled here instead, the same
+  // product (exactly so for a power-of-two scaling such as alpha = 2r) without a multiply over
+  // every output element in the forward and again in the backward.
+  torch::Tensor middle = lora_A(xd.to(lora_A->weight.scalar_type()));
+  if (s != 1.0) middle = middle * s;
+  const torch::Tensor lora = lora_B(middle);  // B(A(x)) · s
+  if (!is_dora()) return y + lora.to(y.scalar_type());
   // DoRA (qlora-formats.md §3.6): k = m / ‖W + ΔW‖ per output row, the norm treated as a constant;
   // y = base + (k - 1)·(x_d·Wᵀ) + k·s·B(A(x_d)).
   const torch::Tensor norm = dora_weight_norm(base);
   const torch::Tensor k = lora_magnitude_vector / norm;
   const torch::Tensor base_x = drop ? base.base_forward(xd) : y;
-  return y + ((k - 1) * base_x + k * lora * s).to(y.scalar_type());
+  return y + ((k - 1) * base_x + k * lora).to(y.scalar_type());
 }
 
 LoraLinear attach_lora(LinearImpl& base, const LoraOptions& options, at::Generator& generator) {
