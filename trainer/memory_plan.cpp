@@ -80,6 +80,7 @@ struct Shape {
   int64_t r = 8;         // LoRA rank
   bool dropout = false;  // LoRA dropout on: each adapter keeps its own dropped input and mask
   bool fused_attention = true;  // model.attn_implementation sdpa: no scores are materialised
+  bool one_pass_norms = true;   // on the CPU: RMSNorm keeps its input as it is (rms_norm_cpu.h)
 };
 
 // Bytes autograd keeps from one decoder layer's forward until its backward (no checkpointing):
@@ -105,8 +106,11 @@ LayerActivations layer_activations(const Gemma4Config& c, int64_t layer, const S
   const int64_t I = spec.intermediate_size;
   const int64_t scores = s.rows * c.num_attention_heads * s.T * s.T;  // elements
   const bool grouped = c.num_attention_heads != spec.num_kv_heads;
-  // RMSNorm keeps its input in float32 (a float32 copy of a bf16 input).
-  const auto norm = [&](int64_t dim) { return N * dim * 4; };
+  // RMSNorm keeps its input: on the CPU as it is with a float32 scale per row, elsewhere (LibTorch
+  // ops) in float32, a float32 copy of a bf16 input.
+  const auto norm = [&](int64_t dim) {
+    return s.one_pass_norms ? N * dim * a + N * 4 : N * dim * 4;
+  };
   // A LoRA keeps its input (one shared tensor when there is no dropout; with dropout each keeps
   // its own dropped copy and the scaled mask it was multiplied by) and its rank-r middle.
   const auto lora_inputs = [&](std::initializer_list<const char*> names, int64_t in) {
@@ -203,6 +207,7 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   s.r = recipe.peft.r;
   s.dropout = recipe.peft.lora_dropout > 0 && t.method == TrainingMethod::kSft;
   s.fused_attention = recipe.model.attn_implementation == AttentionImplementation::kSdpa;
+  s.one_pass_norms = !cuda;
   s.rows = t.per_device_train_batch_size * (t.method == TrainingMethod::kDpo ? 2 : 1);
   s.T = t.max_length.value_or(c.max_position_embeddings);
   s.N = s.rows * s.T;
@@ -314,11 +319,12 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
                                      : l.transient);
   }
   // Shared by every layer: the masks (bool [rows, 1, T, T] per layer type), RoPE tables, and with
-  // PLE the per-layer inputs [N, L, P] with their norm's float32 input.
+  // PLE the per-layer inputs [N, L, P] with their norm's input (float32 off the CPU).
   int64_t shared = 2 * s.rows * s.T * s.T;
   if (c.has_ple()) {
     const int64_t LP = c.num_hidden_layers * c.hidden_size_per_layer_input;
-    shared += N * LP * (a + 4 + a);
+    shared +=
+        s.one_pass_norms ? N * LP * 3 * a + N * c.num_hidden_layers * 4 : N * LP * (a + 4 + a);
   }
   int64_t activations = 0;
   std::string activation_detail;
@@ -352,8 +358,9 @@ MemoryPlan plan_memory(const Gemma4Config& c, torch::ScalarType dtype, const Rec
   // gradients, or one dequantized NF4 weight).
   const int64_t chunk = std::min(loss_chunk_tokens(c.vocab_size), N);
   const int64_t logits = chunk * c.vocab_size * 4;
-  const int64_t loss_phase =
-      N * H * (4 + a + a) + 2 * logits + (a == 4 ? 0 : chunk * c.vocab_size * a);
+  const int64_t loss_phase = N * H * ((s.one_pass_norms ? a : 4) + a + a) +
+                             (s.one_pass_norms ? N * 4 : 0) + 2 * logits +
+                             (a == 4 ? 0 : chunk * c.vocab_size * a);
   const int64_t dequantized = largest_nf4 * (a + 4);
   const int64_t layer_phase = 2 * N * H * 4 + std::max(layer_backward, dequantized);
   if (loss_phase >= layer_phase) {
