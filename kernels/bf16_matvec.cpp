@@ -33,12 +33,13 @@ torch::Tensor bf16_matvec(const torch::Tensor& x, const torch::Tensor& w) {
   const torch::Tensor xc =
       x.reshape({rows, in}).to(bf16_pairs ? torch::kBFloat16 : torch::kFloat32).contiguous();
   RowsInput input;
-  input.rows = rows;
-  input.in = in;
+  RowsInputBuffer forms;
   if (bf16_pairs) {
+    input.rows = rows;
+    input.in = in;
     input.bf16 = reinterpret_cast<const uint16_t*>(xc.data_ptr());
   } else {
-    input.f32 = xc.data_ptr<float>();
+    input = forms.prepare(xc.data_ptr<float>(), rows, in, RowsCode::kAvx2);
   }
   torch::Tensor y = torch::empty({rows, out}, x.options().dtype(torch::kFloat32));
   const auto* wp = reinterpret_cast<const uint16_t*>(wc.data_ptr());

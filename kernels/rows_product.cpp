@@ -48,6 +48,66 @@ __attribute__((target("avx2,fma"))) void dense_rows_avx2(const W* w_all, const f
   }
 }
 
+// bf16 weights by unpacking: each 16 weights (32 bytes) become float32 lanes by interleaving
+// their words with zeros, which leaves them in the order 0-3, 8-11 | 4-7, 12-15 (xw: x in that
+// order, bf16_words_order); one load and two unpacks for 16 weights where widening takes four.
+// One row keeps four independent sums (32 weights a step), more rows two each. in % 16 == 0.
+template <int kRows>
+__attribute__((target("avx2,fma"))) void bf16_rows_unpacked_avx2(const uint16_t* w_all,
+                                                                 const float* xw, int64_t in,
+                                                                 int64_t out, float* y,
+                                                                 int64_t begin, int64_t end) {
+  constexpr int kSteps = kRows == 1 ? 2 : 1;  // 16-weight steps per loop iteration
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t o = begin; o < end; ++o) {
+    const uint16_t* w = w_all + o * in;
+    __m256 s[kRows][2 * kSteps];
+    for (int m = 0; m < kRows; ++m)
+      for (int j = 0; j < 2 * kSteps; ++j) s[m][j] = _mm256_setzero_ps();
+    int64_t k = 0;
+    for (; k + 16 * kSteps <= in; k += 16 * kSteps) {
+      for (int j = 0; j < kSteps; ++j) {
+        const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 16 * j));
+        const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, words));
+        const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, words));
+        for (int m = 0; m < kRows; ++m) {
+          const float* x = xw + m * in + k + 16 * j;
+          s[m][2 * j] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x), s[m][2 * j]);
+          s[m][2 * j + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 8), s[m][2 * j + 1]);
+        }
+      }
+    }
+    for (; k < in; k += 16) {  // one row's last 16-weight step
+      const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k));
+      const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, words));
+      const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, words));
+      for (int m = 0; m < kRows; ++m) {
+        s[m][0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xw + m * in + k), s[m][0]);
+        s[m][1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xw + m * in + k + 8), s[m][1]);
+      }
+    }
+    for (int m = 0; m < kRows; ++m) {
+      __m256 a = s[m][0], b = s[m][1];
+      if constexpr (kSteps == 2) {
+        a = _mm256_add_ps(a, s[m][2]);
+        b = _mm256_add_ps(b, s[m][3]);
+      }
+      y[m * out + o] = horizontal_sum(a, b);
+    }
+  }
+}
+
+void bf16_rows_unpacked_avx2_all(const uint16_t* w, const float* xw, int64_t rows, int64_t in,
+                                 int64_t out, float* y, int64_t begin, int64_t end) {
+  using Code = void (*)(const uint16_t*, const float*, int64_t, int64_t, float*, int64_t, int64_t);
+  static constexpr Code kByRows[] = {bf16_rows_unpacked_avx2<1>, bf16_rows_unpacked_avx2<2>,
+                                     bf16_rows_unpacked_avx2<3>, bf16_rows_unpacked_avx2<4>};
+  for (int64_t first = 0; first < rows; first += 4) {
+    const int64_t n = std::min<int64_t>(4, rows - first);
+    kByRows[n - 1](w, xw + first * in, in, out, y + first * out, begin, end);
+  }
+}
+
 template <typename W>
 void dense_rows_avx2_all(const W* w, const float* x, int64_t rows, int64_t in, int64_t out,
                          float* y, int64_t begin, int64_t end) {
@@ -156,12 +216,23 @@ void nf4_avx2_order(const float* x, int64_t rows, int64_t in, float* out) {
   }
 }
 
+void bf16_words_order(const float* x, int64_t rows, int64_t in, float* out) {
+  static constexpr int64_t kFrom[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
+  for (int64_t group = 0; group < rows * in; group += 16)
+    for (int64_t i = 0; i < 16; ++i) out[group + i] = x[group + kFrom[i]];
+}
+
 RowsInput RowsInputBuffer::prepare(const float* x, int64_t rows, int64_t in, RowsCode code) {
   RowsInput r;
   r.f32 = x;
   r.rows = rows;
   r.in = in;
   const auto n = static_cast<size_t>(rows * in);
+  if (code != RowsCode::kAvx512Bf16 && in % 16 == 0) {
+    f32_words_.resize(n);
+    bf16_words_order(x, rows, in, f32_words_.data());
+    r.f32_words = f32_words_.data();
+  }
   if (code == RowsCode::kAvx2 && in % 64 == 0) {
     f32_nf4_.resize(n);
     nf4_avx2_order(x, rows, in, f32_nf4_.data());
@@ -199,6 +270,8 @@ void bf16_rows_product(const uint16_t* w, int64_t in, int64_t out, const RowsInp
                        RowsCode code, float* y, int64_t begin, int64_t end) {
   if (code == RowsCode::kAvx512Bf16 && x.bf16 != nullptr && in % 32 == 0) {
     bf16_rows_avx512_all(w, x.bf16, x.rows, in, out, y, begin, end);
+  } else if (x.f32_words != nullptr && in % 16 == 0) {
+    bf16_rows_unpacked_avx2_all(w, x.f32_words, x.rows, in, out, y, begin, end);
   } else {
     dense_rows_avx2_all(w, x.f32, x.rows, in, out, y, begin, end);
   }

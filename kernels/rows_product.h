@@ -25,19 +25,26 @@ const char* rows_code_name(RowsCode code);
 // nothing when the CPU has no AVX2 + FMA.
 std::optional<RowsCode> best_rows_code(bool bf16_activations);
 
-// Activations [rows, in] in the forms the codes read. `f32` always; the AVX2 NF4 code for
+// Activations [rows, in] in the forms the codes read. `f32` always; the AVX2 code for bf16
+// weights reads `f32_words` when there (bf16_words_order); the AVX2 NF4 code for
 // bf16-valued blocks reads `f32_nf4` (nf4_avx2_order), the AVX-512 NF4 code `f32_pairs` (each
 // 32 elements as their 16 even, then their 16 odd ones); the AVX512_BF16 codes read `bf16` (dense
 // weights) and `bf16_pairs` (NF4: each 64 as 32 even, then 32 odd). The forms a code does not
 // read may be null.
 struct RowsInput {
   const float* f32 = nullptr;
+  const float* f32_words = nullptr;
   const float* f32_nf4 = nullptr;
   const float* f32_pairs = nullptr;
   const uint16_t* bf16 = nullptr;
   const uint16_t* bf16_pairs = nullptr;
   int64_t rows = 0, in = 0;
 };
+
+// x [rows, in] (in % 16 == 0) reordered for the AVX2 code of bf16 weights: each 16 elements as
+// 0-3, 8-11, 4-7, 12-15, the order in which interleaving 16 bf16 words with zeros (within each
+// 128-bit lane, low halves then high halves) leaves them as float32 lanes.
+void bf16_words_order(const float* x, int64_t rows, int64_t in, float* out);
 
 // x [rows, in] (in % 64 == 0) reordered for the AVX2 NF4 code of bf16-valued blocks: in each
 // 64-block, the 32 even elements and then the 32 odd ones, each half as four runs of 8 in the
@@ -48,12 +55,13 @@ void nf4_avx2_order(const float* x, int64_t rows, int64_t in, float* out);
 // token to token (no allocation once grown).
 class RowsInputBuffer {
  public:
-  // `x` [rows, in] float32 (for the bf16 codes: values that bf16 holds exactly). `in` % 64 == 0
-  // for the pair forms; other widths leave them null.
+  // `x` [rows, in] float32 (for the bf16 codes: values that bf16 holds exactly). `in` % 16 == 0
+  // for `f32_words` (any code but AVX512_BF16), % 32 or % 64 for the NF4 and pair forms (as
+  // each says); other widths leave them null.
   RowsInput prepare(const float* x, int64_t rows, int64_t in, RowsCode code);
 
  private:
-  std::vector<float> f32_nf4_, f32_pairs_;
+  std::vector<float> f32_words_, f32_nf4_, f32_pairs_;
   std::vector<uint16_t> bf16_, bf16_pairs_;
 };
 

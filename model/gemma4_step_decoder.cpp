@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 
+#include "kernels/host_allocator.h"
 #include "kernels/nf4_fused_matmul.h"
 #include "kernels/nf4_matmul.h"
 #include "model/gemma4_decoder_layer.h"
@@ -168,6 +169,7 @@ Gemma4StepDecoder::Gemma4StepDecoder(Gemma4ForCausalLM& model, std::optional<Row
     if (lin.is_nf4() && w.in % kNf4BlockSize == 0) {
       w.format = FrozenWeightView::Format::kNf4;
       w.nf4 = nf4_rows_weight(*lin.nf4_weight(), bf16, &keep);
+      collapse_into_huge_pages(w.nf4.packed, static_cast<size_t>(w.out * w.in / 2));
       return w;
     }
     // A dense weight; an NF4 one whose rows are not whole blocks (a PLE projection of 16 or 32
@@ -175,6 +177,7 @@ Gemma4StepDecoder::Gemma4StepDecoder(Gemma4ForCausalLM& model, std::optional<Row
     const torch::Tensor t = lin.is_nf4() ? dequantize_nf4_as(*lin.nf4_weight(), model->dtype())
                                          : lin.weight.detach().contiguous();
     keep.push_back(t);
+    collapse_into_huge_pages(t.data_ptr(), t.nbytes());
     if (bf16) {
       w.format = FrozenWeightView::Format::kBf16;
       w.bf16 = reinterpret_cast<const uint16_t*>(t.data_ptr());
@@ -191,6 +194,8 @@ Gemma4StepDecoder::Gemma4StepDecoder(Gemma4ForCausalLM& model, std::optional<Row
   const torch::Tensor embed = m.embed_tokens->weight.detach().contiguous();
   keep.push_back(embed);
   p.embed = embed.data_ptr();
+  // read whole by the tied lm_head every step (a separate lm_head: view() above)
+  if (!model->lm_head) collapse_into_huge_pages(p.embed, embed.nbytes());
   p.embed_scale = scalar(std::sqrt(static_cast<double>(p.H)));
   if (model->lm_head) {
     p.lm_head = view(*model->lm_head);

@@ -39,8 +39,9 @@ void expect_product_to_rounding(const torch::Tensor& y, const torch::Tensor& x,
       << "worst error / allowed: " << (err / allowed).max().item<double>();
 }
 
-const std::vector<std::pair<int64_t, int64_t>> kShapes = {{1, 64},    {3, 128},   {67, 192},
-                                                          {130, 768}, {33, 1088}, {9, 40}};
+// widths: multiples of 64; of 16 but not 32 (the one-row bf16 code's last step); neither
+const std::vector<std::pair<int64_t, int64_t>> kShapes = {
+    {1, 64}, {3, 128}, {67, 192}, {130, 768}, {33, 1088}, {7, 1072}, {5, 48}, {9, 40}};
 
 TEST(RowsProduct, DenseWeightsEqualTheExactProduct) {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
@@ -123,9 +124,20 @@ TEST(RowsProduct, PreparedFormsFollowTheirDefinition) {
   };
   EXPECT_TRUE(torch::equal(as_bf16(b.bf16), x));
   EXPECT_TRUE(torch::equal(as_bf16(b.bf16_pairs), pairs(x, 32)));
+  EXPECT_EQ(b.f32_words, nullptr);
   const RowsInput c = buffer.prepare(x.data_ptr<float>(), rows, in, RowsCode::kAvx2);
   EXPECT_EQ(c.f32_pairs, nullptr);
   EXPECT_EQ(c.bf16, nullptr);
+  // each 16 as 0-3, 8-11, 4-7, 12-15; for both codes that multiply float32 activations
+  const torch::Tensor words =
+      x.reshape({rows, in / 16, 2, 2, 4}).transpose(2, 3).reshape({rows, in});
+  for (const RowsInput* r : {&a, &c}) {
+    ASSERT_NE(r->f32_words, nullptr);
+    EXPECT_TRUE(
+        torch::equal(torch::from_blob(const_cast<float*>(r->f32_words), {rows, in}), words));
+  }
+  const torch::Tensor odd = torch::randn({rows, 40}, gen);
+  EXPECT_EQ(buffer.prepare(odd.data_ptr<float>(), rows, 40, RowsCode::kAvx2).f32_words, nullptr);
 }
 
 }  // namespace
