@@ -9,10 +9,13 @@
 # LLAMA_CPP_SRC when given, otherwise from the llama.cpp that PyPI's llama-cpp-python sdist
 # vendors (downloaded with pip into the work folder; PyPI is the registry this machine reaches).
 #
-# Both sides: 128 prompt tokens, then 128 greedy new tokens. llama-bench reports pp128 (prompt)
-# and tg128 (generation from an empty context) as the mean of its repetitions; ours is the median
-# of 3 `generate` runs after a warm-up, decoding after the 128-token prompt. Runs alternate between
-# the two programs so that a slow moment of the machine falls on both.
+# Both sides: 128 prompt tokens, then 128 greedy new tokens, timed in a warm process.
+# llama-bench runs its warm-up prompt in the process first, then reports pp128 (prompt) and tg128
+# (generation from an empty context) as the mean of its repetitions; ours is the median of 3
+# `generate --warmup` runs (the same: the prompt once untimed first), decoding after the 128-token
+# prompt. WARMUP=0 times our first forward of the process instead (about 0.1 s more on bench-100m
+# at 2 threads). Runs alternate between the two programs so that a slow moment of the machine
+# falls on both.
 #
 # Usage: bench/compare_llama_cpp.sh [path/to/gemma-train]
 #   BENCH_CONFIG  model config name or path (default bench-100m, ~108M parameters)
@@ -21,6 +24,7 @@
 #                 build is kept there between runs
 #   LLAMA_CPP_SRC a llama.cpp source tree to build instead of the vendored one
 #   OURS_FLAGS    more flags for our `generate` (e.g. --no-step-decoder for the LibTorch path)
+#   WARMUP        0: no --warmup for ours (a cold first forward against llama-bench's warm one)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -29,6 +33,8 @@ config=${BENCH_CONFIG:-bench-100m}
 threads=${THREADS:-2}
 work=${BENCH_WORK:-$HOME/.cache/gemma-train-bench}
 llama_py_version=0.3.36
+warmup_flag=--warmup
+[ "${WARMUP:-1}" = 0 ] && warmup_flag=
 mkdir -p "$work"
 case "$(realpath "$work")/" in
   "$repo"/*) echo "BENCH_WORK must be outside the repository" >&2; exit 2 ;;
@@ -77,7 +83,7 @@ for _ in $(seq 2 126); do prompt+=" river"; done
 ours_once() {  # model dtype
   local line
   line=$(OMP_NUM_THREADS=$threads "$bin" generate --model "$models/$1" --prompt "$prompt" --raw \
-    --ids --temperature 0 --max-new-tokens 128 --dtype "$2" ${OURS_FLAGS:-} 2>&1 >/dev/null |
+    --ids --temperature 0 --max-new-tokens 128 --dtype "$2" $warmup_flag ${OURS_FLAGS:-} 2>&1 >/dev/null |
     grep decode)
   local ptoks
   ptoks=$(sed -E 's/.*prefill ([0-9]+) tokens.*/\1/' <<<"$line")
@@ -102,7 +108,7 @@ rows=("bf16 model|dense|bf16|bf16.gguf"
 printf '\nconfig %s, %s threads, %s (%s), llama.cpp %s (%s), ours: generate %s\n' "$config" \
   "$threads" "$(lscpu | sed -nE 's/^Model name: *//p')" \
   "$(grep -o -E 'avx512_?bf16|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')" \
-  "${llama_commit:-unknown commit}" "$src" "${OURS_FLAGS:-(default flags)}"
+  "${llama_commit:-unknown commit}" "$src" "${warmup_flag:-(no --warmup)} ${OURS_FLAGS:-}"
 printf '| %-30s | %-14s | %-14s | %-6s | %-14s | %-14s | %-6s |\n' row "ours prefill" \
   "llama prefill" ratio "ours decode" "llama decode" ratio
 for row in "${rows[@]}"; do

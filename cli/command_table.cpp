@@ -216,6 +216,10 @@ std::vector<CommandSpec> make_table() {
                                     {"ids", "", "", "print token ids instead of text"},
                                     {"thinking", "", "", "enable thinking in the template"},
                                     {"no-cache", "", "", "recompute the whole sequence every step"},
+                                    {"warmup", "", "",
+                                     "first run the (first batch's) prompt untimed with 2 new "
+                                     "tokens: the speeds then are a warm process's, as "
+                                     "llama-bench measures them"},
                                     no_step_decoder_flag(),
                                     adapter_flag(),
                                     load_in_4bit_flag(),

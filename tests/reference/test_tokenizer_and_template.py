@@ -134,7 +134,23 @@ def test_greedy_generate_is_the_argmax_chain_of_logits(gemma_train, model_dir, t
 def test_seeded_sampling_repeats(gemma_train, model_dir):
     args = ["generate", "--model", model_dir, "--prompt", "Hello", "--ids", "--temperature", "1.0",
             "--max-new-tokens", "12", "--seed", "5"]
-    assert ids_of(run(gemma_train, *args).stdout) == ids_of(run(gemma_train, *args).stdout)
+    first = ids_of(run(gemma_train, *args).stdout)
+    assert first == ids_of(run(gemma_train, *args).stdout)
+    # --warmup runs the prompt once first, unprinted: the same draws, printed once, both speeds
+    warm = run(gemma_train, *args, "--warmup")
+    assert ids_of(warm.stdout) == first
+    assert warm.stderr.count("tokens/s") == 2
+
+
+def test_warmup_in_batch_mode_changes_no_completion(gemma_train, model_dir, tmp_path):
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ["Hi", "a b c"]))
+    outs = []
+    for extra in ([], ["--warmup"]):
+        out = tmp_path / f"out{len(extra)}.jsonl"
+        run(gemma_train, "generate", "--model", model_dir, "--input", tmp_path / "in.jsonl", "--output", out,
+            "--temperature", "1.0", "--seed", "3", "--max-new-tokens", "5", "--batch-size", "1", *extra)
+        outs.append(out.read_text())
+    assert outs[0] == outs[1] and outs[0].count("\n") == 2
 
 
 def test_batched_generation_matches_single_prompts(gemma_train, model_dir, tmp_path):
