@@ -131,12 +131,13 @@ __attribute__((target("avx2,fma"))) void product_rows_avx2(const Operands& op, i
 // AVX2 for blocks whose values are bf16 (a bf16 weight, or any weight multiplied with bf16 x):
 // a block's 16 values as bf16, split into a table of their low bytes and one of their high bytes,
 // so that vpshufb looks up 32 codes in each at once. 64 weights cost two nibble masks, four byte
-// lookups, four byte interleaves (bf16 words) and eight widenings to float32, instead of eight
-// two-permute lookups. The weights come out in the order nf4_avx2_order gives x (once per
-// product).
-// The NF4 table in the order block_weights_bf16_avx2 scales it: codes 0-3 and 8-11 in `p`, codes
-// 4-7 and 12-15 in `q`, so that one byte shuffle per vector and two 64-bit permutes make the
-// byte tables.
+// lookups, four byte interleaves (bf16 words) and eight shifts or masks to float32, instead of
+// eight two-permute lookups. (Widening the words by eight more interleaves instead of the shifts
+// and masks: 1-6% slower at 2 threads on an AVX2-only EPYC, `build/bench/nf4_bench
+// --benchmark_filter='BM_RowsFused/(6|15)/1/'`, and 10% on one core.) The weights come out in the
+// order nf4_avx2_order gives x (once per product). The NF4 table in the order
+// block_weights_bf16_avx2 scales it: codes 0-3 and 8-11 in `p`, codes 4-7 and 12-15 in `q`, so that
+// one byte shuffle per vector and two 64-bit permutes make the byte tables.
 struct Nf4LutAvx2 {
   __m256 p, q;
 };
@@ -172,16 +173,18 @@ __attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(const Op
   const __m256i nibble = _mm256_set1_epi8(0x0f);
   const __m256i codes[2] = {_mm256_and_si256(_mm256_srli_epi16(packed, 4), nibble),  // even
                             _mm256_and_si256(packed, nibble)};                       // odd
-  const __m256i zero = _mm256_setzero_si256();
+  // Each 32-bit lane of the interleaved words holds two bf16: the even one shifted up and the odd
+  // one masked become float32 lanes (no shuffle: the shuffle unit is this code's bottleneck).
+  const __m256i upper = _mm256_set1_epi32(static_cast<int32_t>(0xffff0000u));
   for (int64_t h = 0; h < 2; ++h) {
     const __m256i low = _mm256_shuffle_epi8(low_table, codes[h]);
     const __m256i high = _mm256_shuffle_epi8(high_table, codes[h]);
     const __m256i first = _mm256_unpacklo_epi8(low, high);
     const __m256i second = _mm256_unpackhi_epi8(low, high);
-    w[4 * h] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, first));
-    w[4 * h + 1] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, first));
-    w[4 * h + 2] = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, second));
-    w[4 * h + 3] = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, second));
+    w[4 * h] = _mm256_castsi256_ps(_mm256_slli_epi32(first, 16));
+    w[4 * h + 1] = _mm256_castsi256_ps(_mm256_and_si256(first, upper));
+    w[4 * h + 2] = _mm256_castsi256_ps(_mm256_slli_epi32(second, 16));
+    w[4 * h + 3] = _mm256_castsi256_ps(_mm256_and_si256(second, upper));
   }
 }
 

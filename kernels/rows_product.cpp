@@ -202,12 +202,13 @@ void nf4_avx2_order(const float* x, int64_t rows, int64_t in, float* out) {
   for (int64_t block = 0; block < rows * in; block += 64) {
     int64_t pos = 0;
     // even elements (high nibbles), then odd; per half the two byte interleaves (packed bytes
-    // 0-7 | 16-23, then 8-15 | 24-31), each widened as its low, then its high 4 words per lane
+    // 0-7 | 16-23, then 8-15 | 24-31), each as its even words (0, 2, 4, 6 per 128-bit lane),
+    // then its odd ones
     for (int64_t half = 0; half < 2; ++half) {
       for (int64_t interleave = 0; interleave < 2; ++interleave) {
-        for (int64_t widen = 0; widen < 2; ++widen) {
+        for (int64_t parity = 0; parity < 2; ++parity) {
           for (int64_t lane = 0; lane < 8; ++lane) {
-            const int64_t byte = (lane / 4) * 16 + interleave * 8 + widen * 4 + lane % 4;
+            const int64_t byte = (lane / 4) * 16 + interleave * 8 + 2 * (lane % 4) + parity;
             out[block + pos++] = x[block + 2 * byte + half];
           }
         }

@@ -48,7 +48,7 @@ void bf16_words_order(const float* x, int64_t rows, int64_t in, float* out);
 
 // x [rows, in] (in % 64 == 0) reordered for the AVX2 NF4 code of bf16-valued blocks: in each
 // 64-block, the 32 even elements and then the 32 odd ones, each half as four runs of 8 in the
-// order the code's byte interleaves and widenings leave the weights of its 32 packed bytes.
+// order the code's byte interleaves, shifts and masks leave the weights of its 32 packed bytes.
 void nf4_avx2_order(const float* x, int64_t rows, int64_t in, float* out);
 
 // Owns the derived forms of one activation block; prepare() fills what `code` reads. Reused from
