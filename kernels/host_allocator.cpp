@@ -5,6 +5,8 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <fstream>
+#include <string>
 
 namespace gemma {
 
@@ -32,6 +34,15 @@ void collapse_into_huge_pages(const void* data, size_t bytes) {
     madvise(at, kHuge, MADV_HUGEPAGE);
     madvise(at, kHuge, kCollapse);
   }
+}
+
+std::optional<int64_t> available_host_memory() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string line;
+  while (std::getline(meminfo, line)) {
+    if (line.rfind("MemAvailable:", 0) == 0) return std::stoll(line.substr(13)) * 1024;
+  }
+  return std::nullopt;
 }
 
 }  // namespace gemma

@@ -10,6 +10,10 @@
 // miss (bench/compare_llama_cpp.sh: about 5% on bf16 decoding).
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
 namespace gemma {
 
 // Call first thing in main(), before the first allocation worth keeping. Idempotent.
@@ -22,5 +26,9 @@ void keep_large_host_allocations();
 // around the range is collapsed whole (its neighbours' bytes are unchanged); best effort: a
 // kernel without it, or a region that cannot be collapsed, keeps its pages.
 void collapse_into_huge_pages(const void* data, size_t bytes);
+
+// The kernel's estimate of the memory available to new allocations without swapping
+// (MemAvailable in /proc/meminfo), in bytes; unset where it cannot be read.
+std::optional<int64_t> available_host_memory();
 
 }  // namespace gemma

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/avx2_lanes.h"
+#include "kernels/bf16_bits.h"
 #include "kernels/nf4_cpu_simd.h"
 #include "kernels/rows_product.h"
 
@@ -35,8 +36,9 @@ struct Operands {
   AbsmaxSource absmax;
   const float* lut;
   bool bf16_weight;
-  const float* x;          // [rows, in], float32 (the bf16 code: null)
-  const uint16_t* x_bf16;  // [rows, in], bfloat16 bits, for the bf16 code only
+  const uint8_t* block_tables;  // optional: [blocks, 32] (Nf4RowsWeight::block_tables)
+  const float* x;               // [rows, in], float32 (the bf16 code: null)
+  const uint16_t* x_bf16;       // [rows, in], bfloat16 bits, for the bf16 code only
   int64_t rows, in, out;
   float* y;  // [rows, out], float32
 };
@@ -150,24 +152,31 @@ __attribute__((target("avx2,fma"))) inline void block_weights_bf16_avx2(const Op
                                                                         int64_t block,
                                                                         Nf4LutAvx2 lut,
                                                                         __m256 w[8]) {
-  // The 16 values lut · absmax rounded to bf16 (ties to even), the bf16 in bytes 2 and 3 of each
-  // float32 lane.
-  const __m256 scale = _mm256_set1_ps(op.absmax(block));
-  const __m256i p = avx2::bf16_rounding_bits(_mm256_mul_ps(lut.p, scale));
-  const __m256i q = avx2::bf16_rounding_bits(_mm256_mul_ps(lut.q, scale));
-  // Per 16-byte half: p's low bytes to 0-3 and high bytes to 8-11, q's to 4-7 and 12-15, so the
-  // four 64-bit words are the low bytes of codes 0-7, their high bytes, the low bytes of codes
-  // 8-15, their high bytes; each table is two of them, in both halves.
-  const __m256i from_p =
-      _mm256_setr_epi8(2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1, 2, 6, 10, 14, -1,
-                       -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1);
-  const __m256i from_q =
-      _mm256_setr_epi8(-1, -1, -1, -1, 2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1,
-                       2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15);
-  const __m256i bytes =
-      _mm256_or_si256(_mm256_shuffle_epi8(p, from_p), _mm256_shuffle_epi8(q, from_q));
-  const __m256i low_table = _mm256_permute4x64_epi64(bytes, 0x88);   // words 0, 2, 0, 2
-  const __m256i high_table = _mm256_permute4x64_epi64(bytes, 0xDD);  // words 1, 3, 1, 3
+  __m256i low_table, high_table;
+  if (op.block_tables != nullptr) {
+    const auto* tables = reinterpret_cast<const __m128i*>(op.block_tables + block * 32);
+    low_table = _mm256_broadcastsi128_si256(_mm_loadu_si128(tables));
+    high_table = _mm256_broadcastsi128_si256(_mm_loadu_si128(tables + 1));
+  } else {
+    // The 16 values lut · absmax rounded to bf16 (ties to even), the bf16 in bytes 2 and 3 of
+    // each float32 lane.
+    const __m256 scale = _mm256_set1_ps(op.absmax(block));
+    const __m256i p = avx2::bf16_rounding_bits(_mm256_mul_ps(lut.p, scale));
+    const __m256i q = avx2::bf16_rounding_bits(_mm256_mul_ps(lut.q, scale));
+    // Per 16-byte half: p's low bytes to 0-3 and high bytes to 8-11, q's to 4-7 and 12-15, so
+    // the four 64-bit words are the low bytes of codes 0-7, their high bytes, the low bytes of
+    // codes 8-15, their high bytes; each table is two of them, in both halves.
+    const __m256i from_p =
+        _mm256_setr_epi8(2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1, 2, 6, 10, 14,
+                         -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1);
+    const __m256i from_q =
+        _mm256_setr_epi8(-1, -1, -1, -1, 2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15, -1, -1, -1, -1,
+                         2, 6, 10, 14, -1, -1, -1, -1, 3, 7, 11, 15);
+    const __m256i bytes =
+        _mm256_or_si256(_mm256_shuffle_epi8(p, from_p), _mm256_shuffle_epi8(q, from_q));
+    low_table = _mm256_permute4x64_epi64(bytes, 0x88);   // words 0, 2, 0, 2
+    high_table = _mm256_permute4x64_epi64(bytes, 0xDD);  // words 1, 3, 1, 3
+  }
   const __m256i packed =
       _mm256_loadu_si256(reinterpret_cast<const __m256i*>(op.packed + block * (kNf4BlockSize / 2)));
   const __m256i nibble = _mm256_set1_epi8(0x0f);
@@ -527,13 +536,38 @@ Nf4RowsWeight nf4_rows_weight(const Nf4Weight& w, bool bf16_compute,
   return r;
 }
 
+torch::Tensor nf4_block_tables(const Nf4RowsWeight& w, int64_t blocks) {
+  TORCH_CHECK(w.bf16_values, "nf4_block_tables: the weight's values are not bf16");
+  torch::Tensor tables = torch::empty({blocks, 32}, torch::kUInt8);
+  uint8_t* out = tables.data_ptr<uint8_t>();
+  const AbsmaxSource absmax{w.absmax_codes, w.nested_quant_map, w.nested_absmax, w.offset};
+  at::parallel_for(0, blocks, 1 << 12, [&](int64_t begin, int64_t end) {
+    for (int64_t block = begin; block < end; ++block) {
+      const float scale = absmax(block);
+      uint8_t* t = out + block * 32;
+      for (int k = 0; k < 16; ++k) {
+        const uint16_t bits = bf16::from_float(w.quant_map[k] * scale);
+        t[k] = static_cast<uint8_t>(bits & 0xff);
+        t[16 + k] = static_cast<uint8_t>(bits >> 8);
+      }
+    }
+  });
+  return tables;
+}
+
 void nf4_rows_product(const Nf4RowsWeight& w, int64_t in, int64_t out, const RowsInput& x,
                       RowsCode code, float* y, int64_t begin, int64_t end) {
-  Operands op{w.packed,    {w.absmax_codes, w.nested_quant_map, w.nested_absmax, w.offset},
-              w.quant_map, w.bf16_values,
-              nullptr,     nullptr,
-              x.rows,      in,
-              out,         y};
+  Operands op{w.packed,
+              {w.absmax_codes, w.nested_quant_map, w.nested_absmax, w.offset},
+              w.quant_map,
+              w.bf16_values,
+              w.bf16_values ? w.block_tables : nullptr,
+              nullptr,
+              nullptr,
+              x.rows,
+              in,
+              out,
+              y};
   if (code == RowsCode::kAvx2) {
     if (w.bf16_values && x.f32_nf4 != nullptr) {
       op.x = x.f32_nf4;

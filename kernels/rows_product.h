@@ -76,6 +76,10 @@ struct Nf4RowsWeight {
   // Block values rounded to bf16: a bf16 weight (as dequantization gives it), or any weight
   // computed in bf16 (as dequantize_nf4_as(w, bf16) rounds it).
   bool bf16_values = true;
+  // Optional, for bf16 values (nf4_block_tables): [blocks, 32], each block's 16 values as bf16,
+  // their 16 low bytes then their 16 high bytes. The AVX2 code then loads a block's tables
+  // instead of computing them from its absmax.
+  const uint8_t* block_tables = nullptr;
 };
 
 // A frozen [out, in] weight in one of three storage formats.

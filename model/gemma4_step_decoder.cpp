@@ -265,6 +265,32 @@ Gemma4StepDecoder::Gemma4StepDecoder(Gemma4ForCausalLM& model, std::optional<Row
     p.max_head_dim = std::max(p.max_head_dim, l.spec.head_dim);
     p.layers.push_back(std::move(l));
   }
+  if (code_ == RowsCode::kAvx2) add_nf4_block_tables(p);
+}
+
+// The AVX2 code spends most of an NF4 product building each block's tables from its absmax;
+// built once here they cost half a byte per weight, kept while the machine has room for them
+// twice over (a 31B model's tables would be ~15 GB).
+void Gemma4StepDecoder::add_nf4_block_tables(Plan& p) {
+  std::vector<FrozenWeightView*> weights = {&p.ple_model_proj, &p.lm_head};
+  for (StepLayerPlan& l : p.layers) {
+    for (FrozenWeightView* w :
+         {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.ple_gate, &l.ple_proj})
+      weights.push_back(w);
+  }
+  std::erase_if(weights, [](const FrozenWeightView* w) {
+    return w->format != FrozenWeightView::Format::kNf4 || !w->nf4.bf16_values || w->out == 0;
+  });
+  int64_t bytes = 0;
+  for (const FrozenWeightView* w : weights) bytes += w->out * w->in / kNf4BlockSize * 32;
+  const std::optional<int64_t> available = available_host_memory();
+  if (bytes == 0 || !available || *available < 2 * bytes) return;
+  for (FrozenWeightView* w : weights) {
+    const torch::Tensor tables = nf4_block_tables(w->nf4, w->out * w->in / kNf4BlockSize);
+    p.keep_alive.push_back(tables);
+    collapse_into_huge_pages(tables.data_ptr(), tables.nbytes());
+    w->nf4.block_tables = tables.data_ptr<uint8_t>();
+  }
 }
 
 Gemma4StepDecoder::~Gemma4StepDecoder() = default;

@@ -48,6 +48,8 @@ class Gemma4StepDecoder {
   struct Workspace;
   class StepThread;
 
+  void add_nf4_block_tables(Plan& p);
+
   std::unique_ptr<Plan> plan_;
   std::unique_ptr<Workspace> workspace_;
   RowsCode code_;

@@ -33,6 +33,7 @@
 #include "io/bounded_json.h"
 #include "io/input_error.h"
 #include "io/tensorboard_events.h"
+#include "kernels/host_allocator.h"
 #include "model/gemma4_hf_checkpoint.h"
 #include "optim/adamw.h"
 #include "optim/adamw_8bit.h"
@@ -224,12 +225,7 @@ std::optional<int64_t> free_device_memory(const torch::Device& device) {
 #endif
     return std::nullopt;
   }
-  std::ifstream meminfo("/proc/meminfo");
-  std::string line;
-  while (std::getline(meminfo, line)) {
-    if (line.rfind("MemAvailable:", 0) == 0) return std::stoll(line.substr(13)) * 1024;
-  }
-  return std::nullopt;
+  return available_host_memory();
 }
 
 bool is_empty_dir(const fs::path& dir) {

@@ -94,11 +94,44 @@ TEST(RowsProduct, Nf4WeightsEqualTheProductOfTheirDequantizedValues) {
             // the values LibTorch's path multiplies: dequantized into the compute dtype
             const torch::Tensor values =
                 dequantize_nf4_as(w, bf16_compute ? torch::kBFloat16 : torch::kFloat32);
-            expect_product_to_rounding(product_in_ranges(view, x, code), x, values);
+            const torch::Tensor y = product_in_ranges(view, x, code);
+            expect_product_to_rounding(y, x, values);
+            if (view.nf4.bf16_values) {
+              // with the block tables built once: the same weights, summed the same way
+              const torch::Tensor tables = nf4_block_tables(view.nf4, out * in / kNf4BlockSize);
+              view.nf4.block_tables = tables.data_ptr<uint8_t>();
+              EXPECT_TRUE(torch::equal(product_in_ranges(view, x, code), y));
+            }
           }
         }
       }
     }
+  }
+}
+
+TEST(RowsProduct, Nf4BlockTablesHoldEachBlocksBf16Values) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(8);
+  for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+    const int64_t out = 7, in = 192, blocks = out * in / kNf4BlockSize;
+    const Nf4Weight w = quantize_nf4((torch::randn({out, in}, gen) * 0.05).to(dtype));
+    std::vector<torch::Tensor> keep;
+    const Nf4RowsWeight view = nf4_rows_weight(w, /*bf16_compute=*/true, &keep);
+    const torch::Tensor tables = nf4_block_tables(view, blocks);
+    ASSERT_EQ(tables.sizes(), (std::vector<int64_t>{blocks, 32}));
+    // every element's bf16 bits are its block's table entry at its code
+    const torch::Tensor bits = dequantize_nf4_as(w, torch::kBFloat16)
+                                   .view(torch::kInt16)
+                                   .to(torch::kInt32)
+                                   .bitwise_and(0xffff)
+                                   .reshape({blocks, kNf4BlockSize});
+    const torch::Tensor packed = w.packed.reshape({blocks, kNf4BlockSize / 2}).to(torch::kInt64);
+    const torch::Tensor codes =
+        torch::stack({packed.bitwise_right_shift(4), packed.bitwise_and(15)}, 2)
+            .reshape({blocks, kNf4BlockSize});
+    const torch::Tensor t = tables.to(torch::kInt32);
+    const torch::Tensor from_tables =
+        t.gather(1, codes) + t.narrow(1, 16, 16).gather(1, codes) * 256;
+    EXPECT_TRUE(torch::equal(from_tables, bits));
   }
 }
 
