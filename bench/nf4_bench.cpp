@@ -10,6 +10,7 @@
 #include "kernels/nf4.h"
 #include "kernels/nf4_fused_matmul.h"
 #include "kernels/nf4_matmul.h"
+#include "kernels/rows_product.h"
 
 namespace gemma {
 namespace {
@@ -158,6 +159,36 @@ void BM_RowsDense(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(torch::nn::functional::linear(x, w));
 }
 
+// The AVX2 code as the step decoder runs it (rows_product on float32 x, outputs split between
+// the threads), the block tables computed from each absmax (0) or loaded (1, nf4_block_tables).
+// Args: tables, rows.
+void BM_RowsProductAvx2Tables(benchmark::State& state) {
+  const std::vector<RowsCode> here = rows_codes_here();
+  if (here.empty()) {
+    state.SkipWithError("no AVX2 here");
+    return;
+  }
+  std::vector<torch::Tensor> keep;
+  FrozenWeightView w;
+  w.format = FrozenWeightView::Format::kNf4;
+  w.nf4 = nf4_rows_weight(weight(torch::kBFloat16), /*bf16_compute=*/false, &keep);
+  w.in = kCols;
+  w.out = kRows;
+  const torch::Tensor tables = nf4_block_tables(w.nf4, kRows * kCols / kNf4BlockSize);
+  if (state.range(0) != 0) w.nf4.block_tables = tables.data_ptr<uint8_t>();
+  torch::manual_seed(2);
+  const torch::Tensor x = torch::randn({state.range(1), kCols});
+  RowsInputBuffer forms;
+  const RowsInput in = forms.prepare(x.data_ptr<float>(), x.size(0), kCols, RowsCode::kAvx2);
+  torch::Tensor y = torch::empty({x.size(0), kRows});
+  for (auto _ : state) {
+    at::parallel_for(0, kRows, 64, [&](int64_t begin, int64_t end) {
+      rows_product(w, in, RowsCode::kAvx2, y.data_ptr<float>(), begin, end);
+    });
+    benchmark::DoNotOptimize(y.data_ptr<float>());
+  }
+}
+
 #define ROWS_BENCHMARK(fn)                                                                    \
   BENCHMARK(fn)                                                                               \
       ->ArgsProduct({{static_cast<int>(torch::kFloat32), static_cast<int>(torch::kBFloat16)}, \
@@ -169,6 +200,10 @@ ROWS_BENCHMARK(BM_RowsFusedF32Weight);
 ROWS_BENCHMARK(BM_RowsFusedAvx2);
 ROWS_BENCHMARK(BM_RowsDequantizeThenMatmul);
 ROWS_BENCHMARK(BM_RowsDense);
+BENCHMARK(BM_RowsProductAvx2Tables)
+    ->ArgsProduct({{0, 1}, {1, 4, 8}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK(BM_Memcpy)
     ->Arg(static_cast<int>(torch::kFloat32))
