@@ -57,16 +57,16 @@ __attribute__((target("avx2,fma"))) void bf16_rows_unpacked_avx2(const uint16_t*
                                                                  const float* xw, int64_t in,
                                                                  int64_t out, float* y,
                                                                  int64_t begin, int64_t end) {
-  constexpr int kSteps = kRows == 1 ? 2 : 1;  // 16-weight steps per loop iteration
+  constexpr int64_t kSteps = kRows == 1 ? 2 : 1;  // 16-weight steps per loop iteration
   const __m256i zero = _mm256_setzero_si256();
   for (int64_t o = begin; o < end; ++o) {
     const uint16_t* w = w_all + o * in;
     __m256 s[kRows][2 * kSteps];
     for (int m = 0; m < kRows; ++m)
-      for (int j = 0; j < 2 * kSteps; ++j) s[m][j] = _mm256_setzero_ps();
+      for (int64_t j = 0; j < 2 * kSteps; ++j) s[m][j] = _mm256_setzero_ps();
     int64_t k = 0;
     for (; k + 16 * kSteps <= in; k += 16 * kSteps) {
-      for (int j = 0; j < kSteps; ++j) {
+      for (int64_t j = 0; j < kSteps; ++j) {
         const __m256i words = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + k + 16 * j));
         const __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(zero, words));
         const __m256 hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(zero, words));

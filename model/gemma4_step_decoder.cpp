@@ -344,8 +344,8 @@ class Gemma4StepDecoder::StepThread {
     int64_t begin = next.load(std::memory_order_relaxed);
     for (;;) {
       if (begin >= w.out) return;
-      const int64_t size =
-          std::clamp<int64_t>((w.out - begin) / (2 * threads_), std::min(least, most), most);
+      const int64_t size = std::clamp<int64_t>((w.out - begin) / (int64_t{2} * threads_),
+                                               std::min(least, most), most);
       if (!next.compare_exchange_weak(begin, begin + size, std::memory_order_relaxed)) continue;
       work(begin, std::min(w.out, begin + size));
       begin = next.load(std::memory_order_relaxed);
