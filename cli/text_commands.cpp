@@ -16,6 +16,7 @@
 #include "io/file_identity.h"
 #include "io/input_error.h"
 #include "model/gemma4_hf_checkpoint.h"
+#include "model/gemma4_step_decoder.h"
 #include "model/generation.h"
 #include "peft/peft_adapter.h"
 
@@ -267,6 +268,8 @@ int run_generate_command(const CliFlags& flags) {
     throw InputError("generate: --input and --output go together");
   TextModel m = load_text_model(flags);
   GenerationOptions g = generation_options(flags, m);
+  std::shared_ptr<Gemma4StepDecoder> step_decoder;  // built by the first call, then reused
+  g.step_decoder_slot = &step_decoder;
   if (flags.has("input")) return run_batched(flags, m, g);
 
   std::vector<int64_t> prompt;
@@ -305,6 +308,8 @@ int run_generate_command(const CliFlags& flags) {
 int run_chat_command(const CliFlags& flags) {
   TextModel m = load_text_model(flags);
   GenerationOptions g = generation_options(flags, m);
+  std::shared_ptr<Gemma4StepDecoder> step_decoder;  // built by the first call, then reused
+  g.step_decoder_slot = &step_decoder;
   std::vector<ChatMessage> history;
   if (const auto system = flags.optional("system"))
     history.push_back({"system", *system, "", {}, "", "", {}});

@@ -110,9 +110,12 @@ GenerationResult generate(Gemma4ForCausalLM& model,
     cache = own_cache.get();
   }
 
-  std::unique_ptr<Gemma4StepDecoder> step_decoder;
-  if (cache != nullptr && options.step_decoder && !Gemma4StepDecoder::unsupported_reason(model))
-    step_decoder = std::make_unique<Gemma4StepDecoder>(model);
+  std::shared_ptr<Gemma4StepDecoder> step_decoder;
+  if (cache != nullptr && options.step_decoder && !Gemma4StepDecoder::unsupported_reason(model)) {
+    std::shared_ptr<Gemma4StepDecoder>* slot = options.step_decoder_slot;
+    step_decoder = slot != nullptr && *slot ? *slot : std::make_shared<Gemma4StepDecoder>(model);
+    if (slot != nullptr) *slot = step_decoder;
+  }
 
   GenerationResult result;
   result.used_step_decoder = step_decoder != nullptr;

@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -15,6 +16,8 @@
 #include "model/kv_cache.h"
 
 namespace gemma {
+
+class Gemma4StepDecoder;
 
 struct SamplingOptions {
   double temperature = 1.0;  // 0: greedy
@@ -43,6 +46,10 @@ struct GenerationOptions {
   // Decode through Gemma4StepDecoder where the model allows it (model/gemma4_step_decoder.h);
   // false: every step through the LibTorch forward (its reference).
   bool step_decoder = true;
+  // Where the caller keeps the step decoder between calls with one model, unchanged in between:
+  // the first call builds it there and later ones reuse what it built (its views of the weights,
+  // their 2 MB pages, the NF4 block tables). Null: each call builds its own.
+  std::shared_ptr<Gemma4StepDecoder>* step_decoder_slot = nullptr;
 };
 
 struct GenerationResult {

@@ -160,6 +160,18 @@ TEST(StepDecoder, GenerateTakesItAndGivesTheLibTorchTokens) {
     EXPECT_TRUE(fast.used_step_decoder);
     EXPECT_FALSE(plain.used_step_decoder);
     EXPECT_EQ(fast.tokens, plain.tokens);
+    // kept in a slot: built by the first call, the same one reused by the next (one prompt, then
+    // both: another batch size), the same tokens
+    std::shared_ptr<Gemma4StepDecoder> slot;
+    g.step_decoder = true;
+    g.step_decoder_slot = &slot;
+    const GenerationResult first = generate(model, {prompts[1]}, g);
+    ASSERT_NE(slot, nullptr);
+    const Gemma4StepDecoder* built = slot.get();
+    const GenerationResult again = generate(model, prompts, g);
+    EXPECT_EQ(slot.get(), built);
+    EXPECT_EQ(first.tokens[0], plain.tokens[1]);
+    EXPECT_EQ(again.tokens, plain.tokens);
   }
 }
 
