@@ -4,7 +4,10 @@
 #   - a bf16 model (`gemma-train init --dtype bf16`, as a merged model is written): ours computing
 #     in bf16 against llama.cpp on the bf16 GGUF that `gemma-train export` writes from it;
 #   - its NF4 double-quant copy (`gemma-train quantize`, the QLoRA base a user evaluates with),
-#     ours in f32 and bf16, against llama.cpp's Q4_0 of the same GGUF (`llama-quantize`).
+#     ours in f32 and bf16, against llama.cpp's Q4_0 of the same GGUF (`llama-quantize`), and
+#     ours in bf16 against a Q4_0 whose output head stays bf16 as in the NF4 base (same bytes).
+# The model's vocab_size and the GGUF's token table agree (the tokenizer is padded, see below),
+# so that both programs multiply by the whole output head.
 # llama.cpp is built from source outside the repository (nothing of it is committed): from
 # LLAMA_CPP_SRC when given, otherwise from the llama.cpp that PyPI's llama-cpp-python sdist
 # vendors (downloaded with pip into the work folder; PyPI is the registry this machine reaches).
@@ -68,12 +71,44 @@ llama_commit=$(sed -nE 's/.*LLAMA_COMMIT = "(.*)".*/\1/p' "$lbuild/common/build-
 models=$(mktemp -d "$work/models.XXXXXX")
 trap 'rm -rf "$models"' EXIT
 "$bin" init --config "$config" --out "$models/dense" --dtype bf16 --seed 1 >/dev/null
-cp configs/tokenizer/tokenizer.json "$models/dense/"
+# The bundled tokenizer has 4,096 tokens and the bench configs a larger vocab_size (32,768 for
+# bench-100m, as Gemma 4's 262,144-token head is a large share of its weights). A GGUF's token
+# table sizes its embedding (the converter and our export keep the tokenizer's rows only), so
+# with the bundled tokenizer llama.cpp would multiply by an eighth of the output head that we
+# multiply by. The tokenizer is padded with never-produced `<unusedN>` tokens to the config's
+# vocab_size, as Gemma's own tokenizers are: both programs then hold every row of the same head.
+python3 - configs/tokenizer/tokenizer.json "$models/dense/config.json" \
+  "$models/tokenizer.json" <<'PY'
+import json, sys
+tok = json.load(open(sys.argv[1], encoding="utf-8"))
+config = json.load(open(sys.argv[2], encoding="utf-8"))
+vocab_size = config.get("text_config", config)["vocab_size"]
+vocab = tok["model"]["vocab"]
+base = len(vocab)
+assert sorted(vocab.values()) == list(range(base)), "tokenizer ids are not 0..N-1"
+for token_id in range(base, vocab_size):
+    vocab[f"<unused{token_id - base}>"] = token_id
+json.dump(tok, open(sys.argv[3], "w", encoding="utf-8"), ensure_ascii=False)
+PY
+cp "$models/tokenizer.json" "$models/dense/"
 "$bin" quantize --model "$models/dense" --out "$models/nf4" >/dev/null
-cp configs/tokenizer/tokenizer.json "$models/nf4/"
-"$bin" export --format gguf --model "$models/dense" --out "$models/bf16.gguf" --dtype bf16 >/dev/null
+cp "$models/tokenizer.json" "$models/nf4/"
+"$bin" export --format gguf --model "$models/dense" --out "$models/bf16.gguf" --dtype bf16 \
+  >"$models/export.log"
+vocab_size=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
+print(c.get("text_config", c)["vocab_size"])' "$models/dense/config.json")
+grep -q " $vocab_size tokens" "$models/export.log" || {
+  log "the GGUF does not hold all $vocab_size rows of the output head: $(cat "$models/export.log")"
+  exit 1
+}
 "$lbuild/bin/llama-quantize" "$models/bf16.gguf" "$models/q4_0.gguf" Q4_0 "$threads" \
   >"$models/quantize.log" 2>&1
+# llama-quantize stores the (tied) output head as Q6_K; our NF4 base keeps it bf16, as
+# bitsandbytes and PEFT do. A second Q4_0 file keeps it bf16 too, so that one row compares the
+# two programs' 4-bit products on the same bytes a token.
+"$lbuild/bin/llama-quantize" --token-embedding-type bf16 --output-tensor-type bf16 \
+  "$models/bf16.gguf" "$models/q4_0_head_bf16.gguf" Q4_0 "$threads" \
+  >"$models/quantize_head_bf16.log" 2>&1
 
 # A raw prompt of exactly 128 tokens: <bos>, "river" (two tokens at the start of a text) and
 # 125 more " river" (one each).
@@ -107,7 +142,8 @@ median() { printf '%s\n' "$@" | sort -g | sed -n "$(((${#@} + 1) / 2))p"; }
 # Rows: label, our model, our dtype, llama.cpp's file.
 rows=("bf16 model|dense|bf16|bf16.gguf"
       "NF4 base (ours f32) vs Q4_0|nf4|f32|q4_0.gguf"
-      "NF4 base (ours bf16) vs Q4_0|nf4|bf16|q4_0.gguf")
+      "NF4 base (ours bf16) vs Q4_0|nf4|bf16|q4_0.gguf"
+      "NF4 (bf16) vs Q4_0, bf16 head|nf4|bf16|q4_0_head_bf16.gguf")
 printf '\nconfig %s, %s threads, %s (%s), llama.cpp %s (%s), ours: generate %s\n' "$config" \
   "$threads" "$(lscpu | sed -nE 's/^Model name: *//p')" \
   "$(grep -o -E 'avx512_?bf16|avx512f|avx2' /proc/cpuinfo | sort -u | tr '\n' ' ')" \
