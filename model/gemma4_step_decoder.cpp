@@ -266,20 +266,49 @@ Gemma4StepDecoder::Gemma4StepDecoder(Gemma4ForCausalLM& model, std::optional<Row
     p.layers.push_back(std::move(l));
   }
   if (code_ == RowsCode::kAvx2) add_nf4_block_tables(p);
+  if (!bf16) narrow_bf16_exact_weights(p);
 }
+
+namespace {
+
+// Every product's weight view of the plan.
+template <typename Plan>
+std::vector<FrozenWeightView*> plan_weights(Plan& p) {
+  std::vector<FrozenWeightView*> weights = {&p.ple_model_proj, &p.lm_head};
+  for (auto& l : p.layers) {
+    for (FrozenWeightView* w :
+         {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.ple_gate, &l.ple_proj})
+      weights.push_back(w);
+  }
+  std::erase_if(weights, [](const FrozenWeightView* w) { return w->out == 0; });
+  return weights;
+}
+
+// Whether every float32 of [out, in] at `w` is a bf16 value (its low 16 bits zero), as each
+// weight of a bf16 checkpoint loaded in float32 is.
+bool all_bf16_values(const float* w, int64_t count) {
+  std::atomic<bool> exact{true};
+  at::parallel_for(0, count, int64_t{1} << 20, [&](int64_t begin, int64_t end) {
+    uint32_t low = 0;
+    for (int64_t i = begin; i < end; ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, w + i, sizeof bits);
+      low |= bits & 0xffffu;
+    }
+    if (low != 0) exact.store(false, std::memory_order_relaxed);
+  });
+  return exact.load();
+}
+
+}  // namespace
 
 // The AVX2 code spends most of an NF4 product building each block's tables from its absmax;
 // built once here they cost half a byte per weight, kept while the machine has room for them
 // twice over (a 31B model's tables would be ~15 GB).
 void Gemma4StepDecoder::add_nf4_block_tables(Plan& p) {
-  std::vector<FrozenWeightView*> weights = {&p.ple_model_proj, &p.lm_head};
-  for (StepLayerPlan& l : p.layers) {
-    for (FrozenWeightView* w :
-         {&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down, &l.ple_gate, &l.ple_proj})
-      weights.push_back(w);
-  }
+  std::vector<FrozenWeightView*> weights = plan_weights(p);
   std::erase_if(weights, [](const FrozenWeightView* w) {
-    return w->format != FrozenWeightView::Format::kNf4 || !w->nf4.bf16_values || w->out == 0;
+    return w->format != FrozenWeightView::Format::kNf4 || !w->nf4.bf16_values;
   });
   int64_t bytes = 0;
   for (const FrozenWeightView* w : weights) bytes += w->out * w->in / kNf4BlockSize * 32;
@@ -290,6 +319,32 @@ void Gemma4StepDecoder::add_nf4_block_tables(Plan& p) {
     p.keep_alive.push_back(tables);
     collapse_into_huge_pages(tables.data_ptr(), tables.nbytes());
     w->nf4.block_tables = tables.data_ptr<uint8_t>();
+  }
+}
+
+// A float32 model loaded from a bf16 checkpoint (most are bf16) holds bf16 values widened to
+// float32: decoding, which streams every weight once a token, would read twice the bytes the
+// values need. Those weights are read as bf16 instead (the products the same values, summed in
+// another order: float32 rounding), while the machine has room for the copies twice over.
+void Gemma4StepDecoder::narrow_bf16_exact_weights(Plan& p) {
+  std::vector<FrozenWeightView*> weights = plan_weights(p);
+  std::erase_if(weights, [](const FrozenWeightView* w) {
+    return w->format != FrozenWeightView::Format::kF32 || !all_bf16_values(w->f32, w->out * w->in);
+  });
+  int64_t bytes = 0;
+  for (const FrozenWeightView* w : weights) bytes += w->out * w->in * 2;
+  const std::optional<int64_t> available = available_host_memory();
+  if (bytes == 0 || !available || *available < 2 * bytes) return;
+  for (FrozenWeightView* w : weights) {
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-const-cast): from_blob's pointer, only read
+    auto* data = const_cast<float*>(w->f32);
+    const torch::Tensor narrowed = torch::from_blob(data, {w->out, w->in}).to(torch::kBFloat16);
+    p.keep_alive.push_back(narrowed);
+    collapse_into_huge_pages(narrowed.data_ptr(), narrowed.nbytes());
+    w->format = FrozenWeightView::Format::kBf16;
+    w->bf16 = reinterpret_cast<const uint16_t*>(narrowed.data_ptr());
+    w->f32 = nullptr;
+    ++narrowed_weights_;
   }
 }
 

@@ -42,6 +42,9 @@ class Gemma4StepDecoder {
                      KvCache& cache);
 
   RowsCode code() const { return code_; }
+  // How many float32 weights it reads as bf16, their values being bf16 (a float32 model loaded
+  // from a bf16 checkpoint): each then costs half the bytes a token.
+  int narrowed_weights() const { return narrowed_weights_; }
 
  private:
   struct Plan;
@@ -49,10 +52,12 @@ class Gemma4StepDecoder {
   class StepThread;
 
   void add_nf4_block_tables(Plan& p);
+  void narrow_bf16_exact_weights(Plan& p);
 
   std::unique_ptr<Plan> plan_;
   std::unique_ptr<Workspace> workspace_;
   RowsCode code_;
+  int narrowed_weights_ = 0;
 };
 
 }  // namespace gemma

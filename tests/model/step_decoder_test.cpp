@@ -77,6 +77,7 @@ double max_abs(const torch::Tensor& t) { return t.abs().max().item<double>(); }
 struct Case {
   std::string config;
   bool nf4;
+  bool bf16_checkpoint = false;  // made in bf16, then computed in another dtype
 };
 
 // Runs `steps` decoding steps of the three paths on the same tokens (the float64 path's argmax):
@@ -85,8 +86,9 @@ struct Case {
 template <typename Check>
 void decode_side_by_side(const Case& k, torch::ScalarType compute, RowsCode code, int steps,
                          Check check) {
-  Gemma4ForCausalLM model = make_model(k.config, compute, k.nf4, compute);
-  Gemma4ForCausalLM exact = make_model(k.config, compute, k.nf4, torch::kFloat64);
+  const torch::ScalarType stored = k.bf16_checkpoint ? torch::kBFloat16 : compute;
+  Gemma4ForCausalLM model = make_model(k.config, stored, k.nf4, compute);
+  Gemma4ForCausalLM exact = make_model(k.config, stored, k.nf4, torch::kFloat64);
   Prefilled ours = prefill(model), theirs = prefill(model), reference = prefill(exact);
   Gemma4StepDecoder decoder(model, code);
   torch::Tensor positions = ours.positions;
@@ -113,6 +115,30 @@ TEST(StepDecoder, Float32EqualsTheLibTorchStepToRounding) {
       // longer than tiny-e2b's and tiny-31b's sliding windows (4, 5)
       decode_side_by_side(
           k, torch::kFloat32, code, 12,
+          [](int s, const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor&) {
+            EXPECT_LT(max_abs(a - b), 1e-4 * max_abs(b)) << "step " << s;
+          });
+    }
+  }
+}
+
+// A float32 model of bf16 values reads them as bf16 (half the bytes), with the same products.
+TEST(StepDecoder, Float32OfBf16ValuesReadsThemAsBf16ToTheSameRounding) {
+  for (const Case& k : kCases) {
+    const Case from_bf16{k.config, k.nf4, /*bf16_checkpoint=*/true};
+    Gemma4ForCausalLM widened = make_model(k.config, torch::kBFloat16, k.nf4, torch::kFloat32);
+    Gemma4ForCausalLM plain = make_model(k.config, torch::kFloat32, k.nf4, torch::kFloat32);
+    for (const RowsCode code : rows_codes_here()) {
+      if (code == RowsCode::kAvx512Bf16) continue;  // bf16 activations only
+      SCOPED_TRACE(k.config + (k.nf4 ? " nf4 " : " dense ") + rows_code_name(code));
+      // dense: every product's weight (at least the head and 7 a layer in a layer of each two);
+      // NF4: the tied head and the dense (narrow) weights of a bf16 NF4 weight, dequantized to bf16
+      // values; nothing of a model made in float32
+      const int narrowed = Gemma4StepDecoder(widened, code).narrowed_weights();
+      EXPECT_GE(narrowed, k.nf4 ? 1 : 1 + 7 * widened->config().num_hidden_layers / 2);
+      EXPECT_EQ(Gemma4StepDecoder(plain, code).narrowed_weights(), 0);
+      decode_side_by_side(
+          from_bf16, torch::kFloat32, code, 12,
           [](int s, const torch::Tensor& a, const torch::Tensor& b, const torch::Tensor&) {
             EXPECT_LT(max_abs(a - b), 1e-4 * max_abs(b)) << "step " << s;
           });
