@@ -288,14 +288,17 @@ std::vector<FrozenWeightView*> plan_weights(Plan& p) {
 // weight of a bf16 checkpoint loaded in float32 is.
 bool all_bf16_values(const float* w, int64_t count) {
   std::atomic<bool> exact{true};
-  at::parallel_for(0, count, int64_t{1} << 20, [&](int64_t begin, int64_t end) {
-    uint32_t low = 0;
-    for (int64_t i = begin; i < end; ++i) {
-      uint32_t bits;
-      std::memcpy(&bits, w + i, sizeof bits);
-      low |= bits & 0xffffu;
+  constexpr int64_t kStep = int64_t{1} << 16;  // a float32 checkpoint is known after one step
+  at::parallel_for(0, count, kStep, [&](int64_t begin, int64_t end) {
+    for (int64_t step = begin; step < end && exact.load(std::memory_order_relaxed); step += kStep) {
+      uint32_t low = 0;
+      for (int64_t i = step; i < std::min(end, step + kStep); ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, w + i, sizeof bits);
+        low |= bits & 0xffffu;
+      }
+      if (low != 0) exact.store(false, std::memory_order_relaxed);
     }
-    if (low != 0) exact.store(false, std::memory_order_relaxed);
   });
   return exact.load();
 }
