@@ -5,7 +5,7 @@
 #     in bf16 against llama.cpp on the bf16 GGUF that `gemma-train export` writes from it;
 #   - its NF4 double-quant copy (`gemma-train quantize`, the QLoRA base a user evaluates with),
 #     ours in f32 and bf16, against llama.cpp's Q4_0 of the same GGUF (`llama-quantize`), and
-#     ours in bf16 against a Q4_0 whose output head stays bf16 as in the NF4 base (same bytes).
+#     ours in bf16 against a Q4_0 whose output head stays bf16 as in the NF4 base.
 # The model's vocab_size and the GGUF's token table agree (the tokenizer is padded, see below),
 # so that both programs multiply by the whole output head.
 # llama.cpp is built from source outside the repository (nothing of it is committed): from
@@ -77,7 +77,7 @@ trap 'rm -rf "$models"' EXIT
 # with the bundled tokenizer llama.cpp would multiply by an eighth of the output head that we
 # multiply by. The tokenizer is padded with never-produced `<unusedN>` tokens to the config's
 # vocab_size, as Gemma's own tokenizers are: both programs then hold every row of the same head.
-python3 - configs/tokenizer/tokenizer.json "$models/dense/config.json" \
+vocab_size=$(python3 - configs/tokenizer/tokenizer.json "$models/dense/config.json" \
   "$models/tokenizer.json" <<'PY'
 import json, sys
 tok = json.load(open(sys.argv[1], encoding="utf-8"))
@@ -89,14 +89,14 @@ assert sorted(vocab.values()) == list(range(base)), "tokenizer ids are not 0..N-
 for token_id in range(base, vocab_size):
     vocab[f"<unused{token_id - base}>"] = token_id
 json.dump(tok, open(sys.argv[3], "w", encoding="utf-8"), ensure_ascii=False)
+print(vocab_size)
 PY
+)
 cp "$models/tokenizer.json" "$models/dense/"
 "$bin" quantize --model "$models/dense" --out "$models/nf4" >/dev/null
 cp "$models/tokenizer.json" "$models/nf4/"
 "$bin" export --format gguf --model "$models/dense" --out "$models/bf16.gguf" --dtype bf16 \
   >"$models/export.log"
-vocab_size=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1]))
-print(c.get("text_config", c)["vocab_size"])' "$models/dense/config.json")
 grep -q " $vocab_size tokens" "$models/export.log" || {
   log "the GGUF does not hold all $vocab_size rows of the output head: $(cat "$models/export.log")"
   exit 1
@@ -105,7 +105,7 @@ grep -q " $vocab_size tokens" "$models/export.log" || {
   >"$models/quantize.log" 2>&1
 # llama-quantize stores the (tied) output head as Q6_K; our NF4 base keeps it bf16, as
 # bitsandbytes and PEFT do. A second Q4_0 file keeps it bf16 too, so that one row compares the
-# two programs' 4-bit products on the same bytes a token.
+# two programs' 4-bit products with the same head.
 "$lbuild/bin/llama-quantize" --token-embedding-type bf16 --output-tensor-type bf16 \
   "$models/bf16.gguf" "$models/q4_0_head_bf16.gguf" Q4_0 "$threads" \
   >"$models/quantize_head_bf16.log" 2>&1
